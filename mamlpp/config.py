@@ -1,0 +1,343 @@
+"""Run configuration: frozen, nested dataclasses, one explicit field per MAML++ component.
+
+A config is built from a preset (``mamlpp.presets``), optionally changed with strict
+``key=value`` overrides (``apply_overrides``), then shrunk or left alone by a scale
+(``apply_scale``). ``Config.to_dict`` / ``Config.from_dict`` round-trip through JSON: the run
+directory's ``config.json`` is exactly ``to_dict()`` of the resolved config.
+
+Every field's docstring is the attribute docstring beneath it (read by ``describe_fields``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal
+
+from mamlpp.errors import MamlppError
+
+Dataset = Literal["omniglot", "miniimagenet", "synthetic"]
+DerivativeOrder = Literal["first", "second", "annealed"]
+Downsample = Literal["max_pool", "stride", "avg_pool"]
+Activation = Literal["leaky_relu", "softplus"]
+EvalBatchNorm = Literal["batch", "running"]
+Engine = Literal["auto", "folded", "loop"]
+Scale = Literal["paper", "smoke", "custom"]
+
+
+class ConfigError(MamlppError, ValueError):
+    """A bad configuration or override; the message names the key and the valid choices."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Dataset = "omniglot"
+    """Which task family: real Omniglot, real mini-ImageNet, or generated synthetic data."""
+    n_way: int = 20
+    """Classes per task (N)."""
+    k_shot: int = 1
+    """Support images per class (k)."""
+    target_per_class: int = 1
+    """Target (query) images per class: Omniglot 1, mini-ImageNet 15 in the paper."""
+    rotate_train_classes: bool = True
+    """Omniglot augmentation: rotate each training class of a task by a random k*90 degrees."""
+    train_seed: int | None = None
+    """Seed of the training-task stream; None means the run seed."""
+    val_seed: int = 1_000_001
+    """Seed of the validation episodes (the same tasks every epoch, never the training seed)."""
+    test_seed: int = 2_000_002
+    """Seed of the test episodes (distinct from the validation seed, unlike the original code)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    filters: int = 64
+    """Filters per conv stage: Omniglot 64, mini-ImageNet 48."""
+    stages: int = 4
+    """Number of [conv, BN, leaky ReLU, downsample] stages."""
+    downsample: Downsample = "max_pool"
+    """2x2 max-pooling (paper), stride-2 convs (stability experiment), or average pooling
+    (a smooth variant for finite-difference gradient checks)."""
+    activation: Activation = "leaky_relu"
+    """Leaky ReLU with slope 0.01 (paper), or softplus (smooth variant for gradient checks)."""
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    steps: int = 5
+    """Inner-loop adaptation steps K during training."""
+    eval_steps: int = 5
+    """Inner-loop steps at validation and test time (may differ from training)."""
+    lr: float = 0.1
+    """Inner learning rate alpha; the initial value of every LSLR rate. 0.1 in every paper config."""
+    lslr: bool = False
+    """LSLR: learn one inner learning rate per adapted tensor and per step (outer loop)."""
+    order: DerivativeOrder = "second"
+    """Meta-gradient order: always 'first', always 'second', or 'annealed' (DA: first order for
+    the first `first_order_epochs` epochs, second order afterwards)."""
+    first_order_epochs: int = 50
+    """DA: epochs of first-order training before switching to second order (used when
+    order='annealed')."""
+
+
+@dataclass(frozen=True)
+class BatchNormConfig:
+    per_step_stats: bool = False
+    """BNRS: one set of running mean/var per inner step."""
+    per_step_affine: bool = False
+    """BNWB: one learned scale/shift pair per inner step (else one shared pair, also learned)."""
+    eval_stats: EvalBatchNorm = "batch"
+    """Normalisation at evaluation: 'batch' statistics of each task's support/target set (what
+    produced the paper's numbers) or the per-step 'running' statistics."""
+    momentum: float = 0.1
+    """Running-statistics momentum."""
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    meta_batch_size: int = 8
+    """Tasks per outer update: Omniglot 8, mini-ImageNet 2."""
+    lr: float = 0.001
+    """Adam learning rate of the meta-optimiser (its start value with cosine annealing)."""
+    min_lr: float = 0.00001
+    """Final meta learning rate of the cosine schedule."""
+    cosine: bool = True
+    """CA: cosine-anneal the meta learning rate from `lr` to `min_lr` over the epochs
+    (once per epoch, as the original code does). Off: constant `lr`."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas."""
+    grad_clip: float | None = None
+    """Clamp every meta-gradient element to [-clip, clip]; mini-ImageNet uses 10."""
+    msl: bool = False
+    """MSL: weight the target losses after every inner step, annealed towards the last step."""
+    msl_epochs: int = 10
+    """MSL annealing epochs E_msl: Omniglot 10, mini-ImageNet 15."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    epochs: int = 150
+    """Training epochs (the paper's text says 150)."""
+    iterations_per_epoch: int = 500
+    """Outer updates per epoch."""
+    val_tasks: int = 600
+    """Validation tasks per epoch (the same tasks every epoch)."""
+    test_tasks: int = 600
+    """Test tasks scored by the final ensemble."""
+    ensemble_top_k: int = 5
+    """Checkpoints with the best validation accuracy averaged at test time."""
+    eval_batch_size: int = 0
+    """Tasks evaluated together at validation/test; 0 means the meta-batch size."""
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "custom"
+    """Name of the preset this config was built from."""
+    scale: Scale = "paper"
+    """'paper' (the paper's schedule), 'smoke' (shrunk to minutes on a 2-core CPU) or 'custom'."""
+    seed: int = 0
+    """Drives weight initialisation, task sampling and every other random choice."""
+    engine: Engine = "auto"
+    """Implementation of the task-batched inner loop: 'folded' (tasks folded into channels,
+    grouped convolutions), 'loop' (reference per-task loop), 'auto' (fastest measured)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    bn: BatchNormConfig = field(default_factory=BatchNormConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    # ---- derived facts, so nobody re-derives them differently ----
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.data.dataset == "miniimagenet" else 1
+
+    @property
+    def image_size(self) -> int:
+        return {"omniglot": 28, "miniimagenet": 84, "synthetic": 28}[self.data.dataset]
+
+    @property
+    def bn_sets(self) -> int:
+        """Per-step sets sized for the larger of training and evaluation steps."""
+        return max(self.inner.steps, self.inner.eval_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return _from_dict(cls, d, prefix="")
+
+
+def _from_dict(cls: Any, d: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
+            f"valid keys: {sorted(prefix + k for k in known)}"
+        )
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        value, hint = d[f.name], hints[f.name]
+        if is_dataclass(hint):
+            kwargs[f.name] = _from_dict(hint, value, prefix + f.name + ".")
+        else:
+            kwargs[f.name] = _check_type(prefix + f.name, value, hint)
+    return cls(**kwargs)
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not a valid choice; choose one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner[0])
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{key} needs {len(args)} values, got {value!r}")
+        return tuple(_check_type(key, v, a) for v, a in zip(value, args, strict=True))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} needs true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} needs an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{key} needs a {hint.__name__}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override's value: JSON where it parses (numbers, true/false, null, lists),
+    with Python spellings True/False/None accepted, else the raw string."""
+    aliases = {"True": True, "False": False, "None": None, "none": None}
+    if text in aliases:
+        return aliases[text]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def leaf_keys(config: Config) -> list[str]:
+    """Every settable dotted key, in declaration order."""
+    out = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            out += [f"{f.name}.{g.name}" for g in fields(value)]
+        else:
+            out.append(f.name)
+    return out
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply strict ``key=value`` overrides, e.g. ``inner.steps=3``.
+
+    An unknown key or a value of the wrong type raises ConfigError naming the key and the valid
+    choices."""
+    d = config.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. inner.steps=3")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in leaf_keys(config):
+            raise ConfigError(_unknown_key_message(key, leaf_keys(config)))
+        node = d
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = _parse_value(raw.strip())
+    return Config.from_dict(d)
+
+
+def _unknown_key_message(key: str, valid: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=3)
+    section = key.split(".")[0] + "."
+    same_section = [k for k in valid if k.startswith(section)]
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    choices = same_section or valid
+    return f"unknown config key {key!r}.{hint} Valid keys: {', '.join(choices)}"
+
+
+def overrides_dict(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    return {k.strip(): _parse_value(v.strip()) for k, v in (o.split("=", 1) for o in overrides)}
+
+
+# ---------------------------------------------------------------- scales
+
+SMOKE_EPOCHS = 8
+SMOKE_ITERATIONS = 100
+SMOKE_VAL_TASKS = 100
+SMOKE_TEST_TASKS = 600
+
+
+def apply_scale(config: Config, scale: str) -> Config:
+    """'paper': unchanged. 'smoke': a schedule that finishes in minutes on a 2-core CPU.
+
+    Smoke shrinks epochs and iterations and the validation tasks; the test keeps its 600 tasks so
+    the reported accuracy is measured as carefully as at paper scale. The MSL and DA annealing
+    epochs shrink in proportion to the epochs, so the annealing still completes within the run.
+    """
+    if scale == "paper":
+        return replace(config, scale="paper")
+    if scale != "smoke":
+        raise ConfigError(f"scale={scale!r} is not a valid choice; choose one of ['smoke', 'paper']")
+    s = config.schedule
+    ratio = SMOKE_EPOCHS / s.epochs
+    return replace(
+        config,
+        scale="smoke",
+        schedule=replace(
+            s,
+            epochs=SMOKE_EPOCHS,
+            iterations_per_epoch=SMOKE_ITERATIONS,
+            val_tasks=SMOKE_VAL_TASKS,
+            test_tasks=SMOKE_TEST_TASKS,
+        ),
+        outer=replace(config.outer, msl_epochs=max(1, round(config.outer.msl_epochs * ratio))),
+        inner=replace(
+            config.inner, first_order_epochs=max(1, round(config.inner.first_order_epochs * ratio))
+        ),
+    )
+
+
+def describe_fields(cls: Any = Config, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> the field's docstring (attribute docstrings parsed from the source)."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[prefix + node.target.id] = " ".join(str(nxt.value.value).split())
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            docs.update(describe_fields(hints[f.name], prefix + f.name + "."))
+    return docs
