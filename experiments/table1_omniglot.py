@@ -1,0 +1,53 @@
+"""Table 1 of the paper (Omniglot): MAML, the single-component ablations, and MAML++.
+
+Rows (preset: the paper's test accuracy, %, mean +- std over 3 seeds where the paper gives one):
+
+| preset | row | paper |
+| --- | --- | --- |
+| omniglot_20way_1shot_maml | 20-way 1-shot, MAML (local replication) | 91.27 +- 1.07 |
+| omniglot_20way_1shot_maml_msl | 20-way 1-shot, MAML + MSL | 91.53 +- 0.69 |
+| omniglot_20way_1shot_maml_lslr | 20-way 1-shot, MAML + LSLR | 95.77 +- 0.38 |
+| omniglot_20way_1shot_maml_bnwb_bnrs | 20-way 1-shot, MAML + BNWB + BNRS | 95.35 +- 0.23 |
+| omniglot_20way_1shot_mamlpp | 20-way 1-shot, MAML++ | 97.65 +- 0.05 |
+| omniglot_20way_5shot_maml | 20-way 5-shot, MAML (local replication) | 98.78 |
+| omniglot_20way_5shot_mamlpp | 20-way 5-shot, MAML++ | 99.33 +- 0.03 |
+| omniglot_5way_1shot_maml | 5-way 1-shot, MAML (original MAML paper's value) | 98.7 +- 0.4 |
+| omniglot_5way_1shot_mamlpp | 5-way 1-shot, MAML++ | 99.47 |
+| omniglot_5way_5shot_maml | 5-way 5-shot, MAML (original MAML paper's value) | 99.9 +- 0.1 |
+| omniglot_5way_5shot_mamlpp | 5-way 5-shot, MAML++ | 99.93 |
+
+11 presets x seeds 0, 1, 2 = 33 runs. The MAML++ runs also feed the learning-rate charts.
+
+Expected runtime (see README, "Running the paper's experiments", for how it was measured):
+- smoke (8 epochs x 100 iterations, 100 validation tasks, 600 test tasks): see the README's
+  measured wall time for the whole table on the 2-core CPU.
+- paper (150 epochs x 500 iterations, 600 validation tasks per epoch): 33 x 75,000 outer
+  iterations; GPU-hours = the README's formula with the benchmarked seconds per iteration.
+
+Command:
+    make table1 SCALE=smoke JOBS=1      # = mamlpp sweep run table1 --scale smoke --jobs 1 --runs-dir runs/smoke
+    make table1 SCALE=paper             # one job per visible GPU
+"""
+
+from __future__ import annotations
+
+from experiments.experiment import Experiment
+
+EXPERIMENT = Experiment(
+    name="table1",
+    module="table1_omniglot",
+    title="Table 1: Omniglot 20-way and 5-way, 1-shot and 5-shot",
+    presets=(
+        "omniglot_20way_1shot_maml",
+        "omniglot_20way_1shot_maml_msl",
+        "omniglot_20way_1shot_maml_lslr",
+        "omniglot_20way_1shot_maml_bnwb_bnrs",
+        "omniglot_20way_1shot_mamlpp",
+        "omniglot_20way_5shot_maml",
+        "omniglot_20way_5shot_mamlpp",
+        "omniglot_5way_1shot_maml",
+        "omniglot_5way_1shot_mamlpp",
+        "omniglot_5way_5shot_maml",
+        "omniglot_5way_5shot_mamlpp",
+    ),
+)
