@@ -1,0 +1,534 @@
+"""`mamlpp sweep`: train an experiment's grid (presets x seeds) here, or export it for W&B.
+
+``sweep run`` is the local runner behind ``make table1`` etc.: it names every grid point's run
+directory with ``mamlpp.trainer.run_name``, skips the finished ones (``test.json`` exists), and
+runs the rest as ``mamlpp train`` subprocesses, JOBS at a time; unfinished runs resume because
+the trainer resumes when given the same command. With GPUs, each job slot owns one GPU
+(``CUDA_VISIBLE_DEVICES``). A second invocation after a complete sweep launches nothing.
+
+``sweep export`` writes the same grid as a W&B grid sweep whose command is the runner's
+``mamlpp train`` command line, so ``wandb sweep`` + ``wandb agent`` on any number of machines
+produce the same run directories (and W&B runs) as the local runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mamlpp.errors import MamlppError
+
+if TYPE_CHECKING:
+    from experiments import Experiment, GridPoint
+
+TRAIN_COMMAND_ENV = "MAMLPP_SWEEP_TRAIN_COMMAND"
+"""Environment variable replacing the ``mamlpp train`` prefix of every launched command
+(shell-quoted words). For tests and wrappers, e.g. ``"python fake_train.py"``."""
+WANDB_ARGS_MACRO = "${args_no_equals}"
+"""The W&B agent replaces this word with ``--preset P --seed S`` (its ``--name value`` form)."""
+LOG_DIR_NAME = ".sweep-logs"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """An experiment's grid resolved against a scale, a runs dir and shared train options."""
+
+    experiment: Experiment
+    points: list[GridPoint]
+    scale: str
+    runs_dir: Path
+    overrides: tuple[str, ...] = ()
+    """``key=value`` overrides given to every run (the experiment's, then the user's)."""
+    train_options: tuple[str, ...] = ()
+    """Options that do not change the run directory (--data-root, --device, --wandb)."""
+
+    def fixed_args(self) -> list[str]:
+        """The ``mamlpp train`` arguments shared by every grid point."""
+        args = ["--scale", self.scale, "--runs-dir", str(self.runs_dir), *self.train_options]
+        for item in self.overrides:
+            args += ["--set", item]
+        return args
+
+    def train_args(self, point: GridPoint) -> list[str]:
+        """Everything after ``mamlpp train`` for one grid point: the fixed arguments, then the
+        grid parameters in exactly the form W&B's agent writes for ``${args_no_equals}``."""
+        return [*self.fixed_args(), "--preset", point.preset, "--seed", str(point.seed)]
+
+    def run_dir(self, point: GridPoint) -> Path:
+        from mamlpp.config import overrides_dict
+        from mamlpp.trainer import run_name
+
+        name = run_name(point.preset, overrides_dict(self.overrides), point.seed, self.scale)
+        return self.runs_dir / name
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished iff its ``test.json`` exists (docs/run-directory.md)."""
+    return (run_dir / "test.json").is_file()
+
+
+def build_sweep(
+    name: str,
+    scale: str,
+    runs_dir: Path,
+    presets: tuple[str, ...] = (),
+    seeds: tuple[int, ...] = (),
+    overrides: tuple[str, ...] = (),
+    train_options: tuple[str, ...] = (),
+) -> Sweep:
+    """Resolve and validate: unknown experiment, row or override fails here, before any run."""
+    from experiments import get_experiment
+    from mamlpp.config import apply_overrides
+    from mamlpp.presets import get_preset
+
+    experiment = get_experiment(name)
+    points = experiment.grid(presets, seeds)
+    all_overrides = (*experiment.overrides, *overrides)
+    for preset in dict.fromkeys(p.preset for p in points):
+        apply_overrides(get_preset(preset).config, all_overrides)  # raises ConfigError
+    return Sweep(experiment, points, scale, runs_dir, all_overrides, train_options)
+
+
+# ---------------------------------------------------------------- the W&B grid sweep
+
+
+def wandb_sweep_definition(sweep: Sweep, project: str) -> dict[str, Any]:
+    """A W&B grid sweep over (preset, seed) whose command is ``mamlpp train`` + the runner's
+    fixed arguments + ``--preset P --seed S``."""
+    presets = list(dict.fromkeys(p.preset for p in sweep.points))
+    seeds = list(dict.fromkeys(p.seed for p in sweep.points))
+    e = sweep.experiment
+    return {
+        "name": f"mamlpp-{e.name}-{sweep.scale}",
+        "description": f"{e.title}; {sweep.scale} scale; {len(presets)} presets x "
+        f"{len(seeds)} seeds. Made by `mamlpp sweep export {e.name}`.",
+        "project": project,
+        "method": "grid",
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"preset": {"values": presets}, "seed": {"values": seeds}},
+        "command": ["${env}", "mamlpp", "train", *sweep.fixed_args(), WANDB_ARGS_MACRO],
+    }
+
+
+# ---------------------------------------------------------------- the local runner
+
+
+def train_command_prefix() -> list[str]:
+    """``mamlpp train`` from this environment (or the override in $MAMLPP_SWEEP_TRAIN_COMMAND)."""
+    custom = os.environ.get(TRAIN_COMMAND_ENV, "").strip()
+    if custom:
+        return shlex.split(custom)
+    script = Path(sys.executable).parent / "mamlpp"
+    if script.is_file():
+        return [str(script), "train"]
+    return [sys.executable, "-m", "mamlpp.cli", "train"]
+
+
+def visible_gpus(device: str | None) -> list[str]:
+    """GPU ids a job may be pinned to: none with --device cpu, else $CUDA_VISIBLE_DEVICES's
+    entries if set, else every GPU torch sees."""
+    if device == "cpu":
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def resolve_jobs(jobs: str, gpus: list[str]) -> int:
+    if jobs == "auto":
+        return max(1, len(gpus))
+    try:
+        n = int(jobs)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise MamlppError(f"--jobs {jobs!r} must be a positive integer or 'auto' (one per GPU)")
+    return n
+
+
+def slot_environments(jobs: int, gpus: list[str]) -> list[dict[str, str]]:
+    """Extra environment per job slot: one GPU each (round-robin when jobs > GPUs); on the CPU,
+    the cores shared out so that parallel jobs do not oversubscribe them."""
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(jobs)]
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        return [{"OMP_NUM_THREADS": threads} for _ in range(jobs)]
+    return [{} for _ in range(jobs)]
+
+
+@dataclass
+class Launch:
+    index: int
+    total: int
+    name: str
+    argv: list[str]
+    log: Path | None
+    returncode: int | None = None
+    seconds: float = 0.0
+
+
+class _Runner:
+    """Runs launches on a fixed set of job slots; Ctrl-C terminates the children (they resume)."""
+
+    def __init__(self, envs: list[dict[str, str]]):
+        self.slots: queue.Queue[dict[str, str]] = queue.Queue()
+        for env in envs:
+            self.slots.put(env)
+        self.lock = threading.Lock()
+        self.children: set[subprocess.Popen[bytes]] = set()
+        self.parallel = len(envs) > 1
+
+    def run(self, launch: Launch) -> Launch:
+        env = self.slots.get()
+        try:
+            where = (
+                f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+            )
+            tag = f"[{launch.index}/{launch.total}]"
+            log_note = f", log {launch.log}" if launch.log else ""
+            click.echo(f"{tag} start {launch.name}{where}{log_note}")
+            start = time.monotonic()
+            launch.returncode = self._call(launch, {**os.environ, **env})
+            launch.seconds = time.monotonic() - start
+            status = "done" if launch.returncode == 0 else f"FAILED (exit {launch.returncode})"
+            click.echo(f"{tag} {status} {launch.name} in {_duration(launch.seconds)}")
+            return launch
+        finally:
+            self.slots.put(env)
+
+    def _call(self, launch: Launch, env: dict[str, str]) -> int:
+        out = None
+        if launch.log is not None:
+            launch.log.parent.mkdir(parents=True, exist_ok=True)
+            out = launch.log.open("ab")
+        try:
+            proc = subprocess.Popen(
+                launch.argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None
+            )
+        except OSError as e:
+            raise MamlppError(f"cannot start {launch.argv[0]!r}: {e}") from None
+        with self.lock:
+            self.children.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.children.discard(proc)
+            if out is not None:
+                out.close()
+
+    def terminate_all(self) -> None:
+        with self.lock:
+            children = list(self.children)
+        for proc in children:
+            proc.terminate()
+        for proc in children:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_sweep(sweep: Sweep, jobs: str, device: str | None, dry_run: bool) -> None:
+    finished, unfinished, missing = [], [], []
+    for point in sweep.points:
+        path = sweep.run_dir(point)
+        if is_finished(path):
+            finished.append(point)
+        elif path.exists():
+            unfinished.append(point)
+        else:
+            missing.append(point)
+    todo = [p for p in sweep.points if p in unfinished or p in missing]
+    click.echo(
+        f"{sweep.experiment.name} at {sweep.scale} scale, {len(sweep.points)} runs in "
+        f"{sweep.runs_dir}: {len(finished)} finished, {len(unfinished)} unfinished (resume), "
+        f"{len(missing)} missing."
+    )
+    if not todo:
+        click.echo("Nothing to train.")
+        return
+    prefix = train_command_prefix()
+    if dry_run:
+        for point in todo:
+            click.echo(shlex.join([*prefix, *sweep.train_args(point)]))
+        return
+
+    gpus = visible_gpus(device)
+    n_jobs = min(resolve_jobs(jobs, gpus), len(todo))
+    try:
+        sweep.runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MamlppError(f"cannot create runs dir {sweep.runs_dir}: {e.strerror}") from None
+    log_dir = sweep.runs_dir / LOG_DIR_NAME
+    launches = []
+    for i, point in enumerate(todo, 1):
+        name = sweep.run_dir(point).name
+        log = log_dir / f"{name}.log" if n_jobs > 1 else None
+        launches.append(Launch(i, len(todo), name, [*prefix, *sweep.train_args(point)], log))
+    where = f"{len(gpus)} GPU(s)" if gpus else "the CPU"
+    click.echo(f"Training {len(todo)} runs, {n_jobs} at a time on {where}.")
+
+    runner = _Runner(slot_environments(n_jobs, gpus))
+    threads: list[threading.Thread] = []
+    work: queue.Queue[Launch] = queue.Queue()
+    for launch in launches:
+        work.put(launch)
+
+    def worker() -> None:
+        while True:
+            try:
+                launch = work.get_nowait()
+            except queue.Empty:
+                return
+            runner.run(launch)
+
+    for _ in range(n_jobs):
+        t = threading.Thread(target=worker, daemon=True)
+        t.start()
+        threads.append(t)
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.5)
+    except KeyboardInterrupt:
+        while not work.empty():  # start nothing new
+            work.get_nowait()
+        runner.terminate_all()
+        raise MamlppError(
+            "interrupted; the unfinished runs resume when you run the same command again"
+        ) from None
+
+    failed = [
+        launch
+        for launch, point in zip(launches, todo, strict=True)
+        if launch.returncode != 0 or not is_finished(sweep.run_dir(point))
+    ]
+    if failed:
+        lines = "; ".join(
+            f"{f.name} (exit {f.returncode}{', log ' + str(f.log) if f.log else ''})"
+            for f in failed
+        )
+        raise MamlppError(
+            f"{len(failed)} of {len(todo)} runs did not finish: {lines}. Fix the cause and run "
+            "the same command again: finished runs are skipped, unfinished ones resume"
+        )
+    click.echo(f"All {len(sweep.points)} runs of {sweep.experiment.name} are finished.")
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# ---------------------------------------------------------------- click commands
+
+
+def _grid_options(f: Any) -> Any:
+    options = [
+        click.argument("experiment"),
+        click.option(
+            "--scale",
+            type=click.Choice(["smoke", "paper"]),
+            default="smoke",
+            show_default=True,
+            help="smoke: minutes per run on a CPU; paper: the paper's schedule.",
+        ),
+        click.option(
+            "--runs-dir",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Where the run directories go.  [default: runs/<scale>]",
+        ),
+        click.option(
+            "--preset",
+            "presets",
+            multiple=True,
+            help="Only this row of the experiment (repeatable).  [default: every row]",
+        ),
+        click.option(
+            "--seed",
+            "seeds",
+            type=int,
+            multiple=True,
+            help="Only this seed (repeatable).  [default: 0 1 2]",
+        ),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Config override given to every run, e.g. model.filters=32 (repeatable). "
+            "Changes the run names.",
+        ),
+        click.option(
+            "--data-root",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Passed to mamlpp train.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default=None,
+            help="Passed to mamlpp train; cpu also stops the GPU-per-job assignment.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _train_options(
+    data_root: Path | None, device: str | None, wandb: str | None
+) -> tuple[str, ...]:
+    out: list[str] = []
+    if data_root is not None:
+        out += ["--data-root", str(data_root)]
+    if device is not None:
+        out += ["--device", device]
+    if wandb is not None:
+        out += ["--wandb", wandb]
+    return tuple(out)
+
+
+@click.group()
+def sweep() -> None:
+    """Run a paper experiment's grid (presets x seeds) here, or export it as a W&B sweep.
+
+    \b
+    Example:
+      mamlpp sweep run table1 --scale smoke --jobs 1
+      mamlpp sweep export table1 --scale paper --out table1.yaml
+    """
+
+
+@sweep.command("run")
+@_grid_options
+@click.option(
+    "--jobs",
+    default="auto",
+    show_default=True,
+    help="Runs at a time; 'auto' is one per visible GPU, or 1 on a CPU-only machine.",
+)
+@click.option(
+    "--wandb",
+    type=click.Choice(["offline", "online", "off"]),
+    default=None,
+    help="Passed to mamlpp train.  [default: mamlpp train's]",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and the commands; run nothing.")
+def run_command(
+    experiment: str,
+    scale: str,
+    runs_dir: Path | None,
+    presets: tuple[str, ...],
+    seeds: tuple[int, ...],
+    overrides: tuple[str, ...],
+    data_root: Path | None,
+    device: str | None,
+    jobs: str,
+    wandb: str | None,
+    dry_run: bool,
+) -> None:
+    """Train every missing or unfinished run of EXPERIMENT (table1, table2, figure2).
+
+    Finished runs (their test.json exists) are skipped, unfinished ones resume, so running the
+    same command again after an interruption continues the sweep, and after completion does
+    nothing.
+
+    \b
+    Example:
+      mamlpp sweep run table1 --scale smoke --jobs 1 --runs-dir runs/smoke
+      mamlpp sweep run figure2 --scale paper --jobs auto   # one run per visible GPU
+      mamlpp sweep run table1 --preset omniglot_5way_1shot_mamlpp --seed 0 --dry-run
+    """
+    s = build_sweep(
+        experiment,
+        scale,
+        runs_dir or Path("runs") / scale,
+        presets,
+        seeds,
+        overrides,
+        _train_options(data_root, device, wandb),
+    )
+    run_sweep(s, jobs, device, dry_run)
+
+
+@sweep.command("export")
+@_grid_options
+@click.option("--project", default="mamlpp", show_default=True, help="W&B project of the sweep.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the sweep here (.json for JSON, else YAML).  [default: print YAML]",
+)
+def export_command(
+    experiment: str,
+    scale: str,
+    runs_dir: Path | None,
+    presets: tuple[str, ...],
+    seeds: tuple[int, ...],
+    overrides: tuple[str, ...],
+    data_root: Path | None,
+    device: str | None,
+    project: str,
+    out: Path | None,
+) -> None:
+    """Write EXPERIMENT's grid as a W&B grid sweep that runs each point with mamlpp train.
+
+    Every agent runs `mamlpp train ... --wandb online --preset P --seed S`, the command the
+    local runner uses, so it writes the same run directory (on the agent's machine) and
+    mirrors it to W&B, where the analysis reads all machines' runs back.
+
+    \b
+    Example:
+      mamlpp sweep export table1 --scale paper --out table1.yaml
+      wandb sweep table1.yaml            # prints the sweep id
+      wandb agent ENTITY/mamlpp/SWEEP_ID # on every machine (one agent per GPU)
+    """
+    import yaml
+
+    s = build_sweep(
+        experiment,
+        scale,
+        runs_dir or Path("runs") / scale,
+        presets,
+        seeds,
+        overrides,
+        _train_options(data_root, device, "online"),
+    )
+    definition = wandb_sweep_definition(s, project)
+    if out is not None and out.suffix == ".json":
+        text = json.dumps(definition, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(definition, sort_keys=False, width=1000)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text)
+    except OSError as e:
+        raise MamlppError(f"cannot write {out}: {e.strerror}") from None
+    click.echo(
+        f"Wrote {out}: {len(s.points)} runs. Next: `wandb sweep {out}`, then "
+        "`wandb agent <the printed sweep id>` on each machine (CUDA_VISIBLE_DEVICES=i per GPU).",
+        err=True,
+    )
