@@ -1,0 +1,153 @@
+"""Preprocessed images per split, and their on-disk cache.
+
+A cache is one folder `<cache root>/<dataset>-<key>/` holding `<split>.npy` (uint8 images
+[n, C, H, W], each class's images contiguous) and `meta.json` (class names and counts). The key is
+a hash of the source files' content, so a changed source gets a new cache. The folder is built
+under a temporary name and renamed into place when complete, so an interrupted build leaves
+nothing that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mamlpp.data.paths import CACHE_ENV, cache_root
+from mamlpp.errors import DataError
+
+CACHE_FORMAT = 1
+"""Bump when the preprocessing changes; caches of another format are refused."""
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitImages:
+    """All images of one split: `images[offsets[c]:offsets[c + 1]]` belong to class c."""
+
+    images: np.ndarray
+    offsets: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_classes(cls, classes: list[tuple[str, np.ndarray]]) -> SplitImages:
+        """Build from (class name, uint8 images [n_c, C, H, W]) pairs, in that order."""
+        counts = [len(imgs) for _, imgs in classes]
+        return cls(
+            images=np.ascontiguousarray(np.concatenate([imgs for _, imgs in classes])),
+            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            class_names=tuple(name for name, _ in classes),
+        )
+
+
+ImageSets = dict[str, SplitImages]
+
+
+def content_key(files: Iterable[Path], base: Path, salt: str = "") -> str:
+    """sha256 over each file's path relative to `base` and its bytes (files in sorted order)."""
+    h = hashlib.sha256(salt.encode())
+    for path in sorted(files):
+        h.update(str(path.relative_to(base)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:20]
+
+
+def cache_dir(dataset: str, key: str) -> Path:
+    return cache_root() / f"{dataset}-{key}"
+
+
+def load_cache(dataset: str, key: str) -> ImageSets | None:
+    """The cached splits, None when not built; DataError when the cache cannot be trusted."""
+    folder = cache_dir(dataset, key)
+    if not folder.exists():
+        return None
+    fix = f"delete {folder} and run `mamlpp data prepare {dataset}`"
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"cache {folder} has no readable meta.json ({e}); {fix}") from None
+    if meta.get("format") != CACHE_FORMAT or meta.get("source_key") != key:
+        raise DataError(
+            f"cache {folder} was built from another source version (format "
+            f"{meta.get('format')}, source {meta.get('source_key')}; expected format "
+            f"{CACHE_FORMAT}, source {key}); {fix}"
+        )
+    return {split: _load_split(folder, split, meta["splits"][split], fix) for split in SPLITS}
+
+
+def _load_split(folder: Path, split: str, meta: dict, fix: str) -> SplitImages:
+    try:
+        images = np.load(folder / f"{split}.npy", mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise DataError(f"cache file {folder / split}.npy is unreadable ({e}); {fix}") from None
+    counts = meta["counts"]
+    if images.ndim != 4 or images.shape[0] != sum(counts) or images.dtype != np.uint8:
+        raise DataError(f"cache file {folder / split}.npy does not match meta.json; {fix}")
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return SplitImages(images, offsets, tuple(meta["classes"]))
+
+
+def write_cache(dataset: str, key: str, sets: ImageSets, source: str) -> Path:
+    """Write the cache atomically (temporary folder, then rename); returns its folder."""
+    final = cache_dir(dataset, key)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        for split in SPLITS:
+            np.save(tmp / f"{split}.npy", np.ascontiguousarray(sets[split].images))
+        meta = {
+            "format": CACHE_FORMAT,
+            "dataset": dataset,
+            "source_key": key,
+            "source": source,
+            "splits": {
+                s: {"classes": list(sets[s].class_names), "counts": sets[s].counts.tolist()}
+                for s in SPLITS
+            },
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / "meta.json").exists():  # not a finished cache by a parallel build
+                raise
+    except OSError as e:
+        raise DataError(
+            f"cannot write the cache to {final.parent} ({e.strerror or e}); set {CACHE_ENV} "
+            f"to a writable folder"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_or_build(
+    dataset: str, key: str, build: Callable[[], ImageSets], source: str, rebuild: bool = False
+) -> tuple[ImageSets, Path]:
+    """The cached splits, building and caching them first when missing (or when `rebuild`)."""
+    folder = cache_dir(dataset, key)
+    if rebuild and folder.exists():
+        shutil.rmtree(folder)
+    sets = load_cache(dataset, key)
+    if sets is None:
+        write_cache(dataset, key, build(), source)
+        sets = load_cache(dataset, key)
+        assert sets is not None
+    return sets, folder

@@ -1,0 +1,164 @@
+"""mini-ImageNet (Ravi & Larochelle split, 64/16/20 classes) from any of its three common formats.
+
+(a) `images/` + `train.csv`, `val.csv`, `test.csv` with `filename,label` rows;
+(b) pickles `mini-imagenet-cache-{train,validation,test}.pkl` with `image_data` (N x 84 x 84 x 3
+    uint8) and `class_dict` (class -> image indices);
+(c) folders `{train,val,test}/<class>/*.jpg`.
+Images become uint8 [3, 84, 84] (Lanczos resize where needed); normalisation happens per batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import pickle
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from mamlpp.data.cache import SPLITS, ImageSets, SplitImages, content_key, load_or_build
+from mamlpp.data.images import open_image, rgb_pixels
+from mamlpp.data.paths import dataset_dir
+from mamlpp.errors import DataError
+
+IMAGE_SIZE = 84
+PICKLE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+FIX = "re-copy the dataset (see DESIGN.md section 3 for the accepted formats)"
+LAYOUTS = (
+    "images/ with train.csv, val.csv, test.csv; "
+    "or mini-imagenet-cache-{train,validation,test}.pkl; or {train,val,test}/<class>/*.jpg"
+)
+
+
+def detect_format(folder: Path) -> str | None:
+    if (folder / "images").is_dir() and all((folder / f"{s}.csv").is_file() for s in SPLITS):
+        return "csv"
+    if all((folder / f"mini-imagenet-cache-{p}.pkl").is_file() for p in PICKLE_SPLIT.values()):
+        return "pickle"
+    if all((folder / s).is_dir() for s in SPLITS):
+        return "folders"
+    return None
+
+
+def find_source(root: str | Path | None) -> tuple[Path, str]:
+    """(dataset folder, format name); DataError when no known layout is there."""
+    folder = dataset_dir(root, "miniimagenet", lambda p: detect_format(p) is not None)
+    fmt = detect_format(folder)
+    if fmt is None:
+        raise DataError(f"no mini-ImageNet layout recognised in {folder}; expected {LAYOUTS}")
+    return folder, fmt
+
+
+def _csv_listing(folder: Path) -> dict[str, dict[str, list[Path]]]:
+    listing: dict[str, dict[str, list[Path]]] = {}
+    for split in SPLITS:
+        classes: dict[str, list[Path]] = defaultdict(list)
+        with open(folder / f"{split}.csv", newline="") as f:
+            for row in csv.reader(f):
+                if len(row) != 2:
+                    raise DataError(f"{folder / split}.csv has a row {row!r}; expected filename,label")
+                if row == ["filename", "label"]:
+                    continue
+                classes[row[1]].append(folder / "images" / row[0])
+        listing[split] = classes
+    return listing
+
+
+def _folder_listing(folder: Path) -> dict[str, dict[str, list[Path]]]:
+    return {
+        split: {
+            c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            for c in sorted((folder / split).iterdir())
+            if c.is_dir()
+        }
+        for split in SPLITS
+    }
+
+
+def _listing(folder: Path, fmt: str) -> dict[str, dict[str, list[Path]]]:
+    return _csv_listing(folder) if fmt == "csv" else _folder_listing(folder)
+
+
+def _decode_files(listing: dict[str, dict[str, list[Path]]]) -> ImageSets:
+    sets = {}
+    for split, classes in listing.items():
+        decoded = []
+        for name in sorted(classes):
+            images = []
+            for path in classes[name]:
+                if not path.is_file():
+                    raise DataError(f"image {path} listed for class {name} is missing; {FIX}")
+                images.append(rgb_pixels(open_image(path.read_bytes(), str(path), FIX), IMAGE_SIZE))
+            decoded.append((name, np.stack(images)))
+        sets[split] = _nonempty(split, decoded)
+    return sets
+
+
+def _nonempty(split: str, classes: list[tuple[str, np.ndarray]]) -> SplitImages:
+    if not classes:
+        raise DataError(f"mini-ImageNet split {split} has no classes; {FIX}")
+    return SplitImages.from_classes(classes)
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f, encoding="latin1")
+        images, class_dict = data["image_data"], data["class_dict"]
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+        raise DataError(
+            f"cannot read {path} (corrupt, truncated, or not a mini-ImageNet cache with "
+            f"image_data and class_dict: {e!r}); {FIX}"
+        ) from None
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or images.dtype != np.uint8:
+        raise DataError(
+            f"{path} holds images of shape {images.shape[1:]} {images.dtype}; expected "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE}x3 uint8; {FIX}"
+        )
+    return {"images": images, "class_dict": class_dict}
+
+
+def _decode_pickles(folder: Path) -> ImageSets:
+    sets = {}
+    for split, name in PICKLE_SPLIT.items():
+        data = _load_pickle(folder / f"mini-imagenet-cache-{name}.pkl")
+        chw = data["images"].transpose(0, 3, 1, 2)
+        classes = [(str(c), chw[np.asarray(idx, dtype=np.int64)]) for c, idx in sorted(data["class_dict"].items())]
+        sets[split] = _nonempty(split, classes)
+    return sets
+
+
+def _source_files(folder: Path, fmt: str) -> list[Path]:
+    if fmt == "pickle":
+        return [folder / f"mini-imagenet-cache-{p}.pkl" for p in PICKLE_SPLIT.values()]
+    files = [p for classes in _listing(folder, fmt).values() for ps in classes.values() for p in ps]
+    extra = [folder / f"{s}.csv" for s in SPLITS] if fmt == "csv" else []
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise DataError(f"image {missing[0]} is listed but missing; {FIX}")
+    return sorted(set(files)) + extra
+
+
+def count_classes(root: str | Path | None) -> tuple[Path, str, dict[str, dict[str, int]]]:
+    """(folder, format, split -> class -> image count) without decoding images."""
+    folder, fmt = find_source(root)
+    if fmt == "pickle":
+        counts = {}
+        for split, name in PICKLE_SPLIT.items():
+            cd = _load_pickle(folder / f"mini-imagenet-cache-{name}.pkl")["class_dict"]
+            counts[split] = {str(c): len(v) for c, v in cd.items()}
+        return folder, fmt, counts
+    listing = _listing(folder, fmt)
+    return folder, fmt, {s: {c: len(ps) for c, ps in cl.items()} for s, cl in listing.items()}
+
+
+def load(root: str | Path | None, rebuild: bool = False) -> tuple[ImageSets, Path]:
+    folder, fmt = find_source(root)
+    key = content_key(_source_files(folder, fmt), folder, salt=f"miniimagenet-{fmt}")
+
+    def build() -> ImageSets:
+        return _decode_pickles(folder) if fmt == "pickle" else _decode_files(_listing(folder, fmt))
+
+    return load_or_build("miniimagenet", key, build, f"{folder} ({fmt})", rebuild)
