@@ -55,6 +55,7 @@ def presets(verbose: bool) -> None:
 def _register() -> None:
     """Attach the subcommands owned by other modules."""
     # Each owner adds one line here: `from X import cmd; main.add_command(cmd)`.
+    from mamlpp.train_cli import test, train; main.add_command(train); main.add_command(test)  # noqa: E702, I001
     from mamlpp.sweep import sweep; main.add_command(sweep)  # noqa: E702, I001
 
 

@@ -1,0 +1,147 @@
+"""`mamlpp train` and `mamlpp test`: one training run into its own run directory, and rescoring
+a run's ensemble."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mamlpp.tracking import RunDirectory, resolve_wandb_mode
+from mamlpp.trainer import (
+    RunOptions,
+    resolve_config,
+    resolve_device,
+    run_name,
+    start_run_directory,
+    test_existing_run,
+    train_run,
+)
+
+_DATA_ROOT = click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder holding omniglot/ and miniimagenet/ (default: $MAMLPP_DATA, else ./data).",
+)
+_DEVICE = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where to train: auto picks a CUDA GPU when one is visible.",
+)
+
+
+def format_result(result: dict[str, float]) -> str:
+    return (
+        f"ensemble test accuracy: {100 * result['accuracy']:.2f}% "
+        f"± {100 * result['ci95']:.2f}% (95% CI, {int(result['num_tasks'])} tasks, "
+        f"checkpoints of epochs {result['checkpoint_epochs']})"
+    )
+
+
+@click.command()
+@click.option("--preset", required=True, help="A paper configuration; `mamlpp presets` lists them.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change one config field, e.g. --set inner.steps=3 (repeatable).",
+)
+@click.option("--seed", type=int, required=True, help="Drives weight init and task sampling.")
+@click.option(
+    "--scale",
+    type=click.Choice(["smoke", "paper"]),
+    default="paper",
+    show_default=True,
+    help="paper: the paper's schedule; smoke: minutes on a 2-core CPU.",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Parent folder of the run directories.",
+)
+@_DATA_ROOT
+@click.option(
+    "--wandb",
+    "wandb_mode",
+    type=click.Choice(["offline", "online", "off"]),
+    default=None,
+    help="W&B mirror (default: $WANDB_MODE, else offline; no account needed offline).",
+)
+@_DEVICE
+@click.option("--no-progress", is_flag=True, help="No progress bar (epoch summaries stay).")
+def train(
+    preset: str,
+    overrides: tuple[str, ...],
+    seed: int,
+    scale: str,
+    runs_dir: Path,
+    data_root: Path | None,
+    wandb_mode: str | None,
+    device: str,
+    no_progress: bool,
+) -> None:
+    """Train one configuration and test the ensemble of its best checkpoints.
+
+    The run directory is RUNS_DIR/<preset>__<overrides>__seed<S>__<scale>; running the same
+    command again resumes an interrupted run (or prints a finished run's result).
+
+    \b
+    Example:
+      mamlpp train --preset omniglot_5way_1shot_mamlpp --scale smoke --seed 0
+      mamlpp train --preset omniglot_20way_1shot_maml --seed 1 --set inner.steps=3
+    """
+    config = resolve_config(preset, overrides, seed, scale)
+    name = run_name(preset, overrides, seed, scale)
+    run_dir = RunDirectory(runs_dir / name)
+    options = RunOptions(
+        data_root=data_root,
+        device=resolve_device(device),
+        wandb=resolve_wandb_mode(wandb_mode),
+        progress=not no_progress,
+        log=click.echo,
+    )
+    info = {
+        "name": name,
+        "preset": preset,
+        "overrides": dict(_pairs(overrides)),
+        "seed": seed,
+        "scale": scale,
+        "device": options.device,
+    }
+    run = start_run_directory(run_dir, config, info)
+    click.echo(f"run directory: {run_dir.path}")
+    result = train_run(config, run_dir, run, options)
+    click.echo(format_result(result))
+    click.echo(f"run directory: {run_dir.path}")
+
+
+def _pairs(overrides: tuple[str, ...]) -> list[tuple[str, str]]:
+    from mamlpp.config import overrides_dict
+
+    return list(overrides_dict(list(overrides)).items())
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@_DATA_ROOT
+@_DEVICE
+def test(run_dir: Path, data_root: Path | None, device: str) -> None:
+    """Score the ensemble of a run's best checkpoints on the test tasks (writes test.json when
+    the run has finished training).
+
+    \b
+    Example:
+      mamlpp test runs/omniglot_5way_1shot_mamlpp__default__seed0__smoke
+    """
+    options = RunOptions(data_root=data_root, device=resolve_device(device), log=click.echo)
+    result, finished = test_existing_run(run_dir, options)
+    if not finished:
+        click.echo("note: training has not finished; test.json was not written")
+    click.echo(format_result(result))
+    click.echo(f"run directory: {run_dir}")
