@@ -1,0 +1,225 @@
+"""`mamlpp sweep run` against a fake `mamlpp train`, and the exported W&B grid sweep.
+
+The fake trainer (a tiny script named by $MAMLPP_SWEEP_TRAIN_COMMAND) parses the same arguments
+as `mamlpp train`, names its run directory with `mamlpp.trainer.run_name`, records every call and
+writes `test.json`, so these tests check the runner's logic without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from experiments import EXPERIMENTS
+from mamlpp.cli import main
+from mamlpp.sweep import (
+    TRAIN_COMMAND_ENV,
+    build_sweep,
+    resolve_jobs,
+    slot_environments,
+    train_command_prefix,
+    wandb_sweep_definition,
+)
+from mamlpp.trainer import run_name
+
+FAKE_TRAIN = """
+import argparse, json, os, sys
+from pathlib import Path
+from mamlpp.trainer import run_name
+p = argparse.ArgumentParser()
+p.add_argument("--preset"); p.add_argument("--seed", type=int); p.add_argument("--scale")
+p.add_argument("--runs-dir"); p.add_argument("--set", action="append", default=[])
+p.add_argument("--wandb"); p.add_argument("--device"); p.add_argument("--data-root")
+a = p.parse_args()
+run = Path(a.runs_dir) / run_name(a.preset, a.set, a.seed, a.scale)
+run.mkdir(parents=True, exist_ok=True)
+with open(os.environ["FAKE_TRAIN_CALLS"], "a") as f:
+    f.write(json.dumps({"argv": sys.argv[1:], "run": run.name,
+                        "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
+if a.preset == os.environ.get("FAKE_TRAIN_FAIL"):
+    sys.exit(3)
+(run / "test.json").write_text(json.dumps({"accuracy": 0.5}))
+"""
+ROWS = ("omniglot_5way_1shot_maml", "omniglot_5way_1shot_mamlpp")
+
+
+@pytest.fixture
+def fake_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Route the runner to the fake trainer; returns the file that logs its calls."""
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    calls = tmp_path / "calls.jsonl"
+    calls.touch()
+    monkeypatch.setenv(TRAIN_COMMAND_ENV, shlex.join([sys.executable, str(script)]))
+    monkeypatch.setenv("FAKE_TRAIN_CALLS", str(calls))
+    monkeypatch.delenv("FAKE_TRAIN_FAIL", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPUs, and no torch.cuda probing
+    return calls
+
+
+def _calls(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _sweep_run(runs: Path, *extra: str) -> tuple[int, str]:
+    args = ["sweep", "run", "table1", "--scale", "smoke", "--runs-dir", str(runs)]
+    args += ["--preset", ROWS[0], "--preset", ROWS[1], "--seed", "0", *extra]
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.output
+
+
+def test_runs_only_missing_runs_then_nothing(fake_train: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    done_already = runs / run_name(ROWS[0], {"model.filters": 8}, 0, "smoke")
+    done_already.mkdir(parents=True)
+    (done_already / "test.json").write_text("{}")
+    unfinished = runs / run_name(ROWS[1], {"model.filters": 8}, 0, "smoke")
+    unfinished.mkdir()
+
+    code, out = _sweep_run(runs, "--set", "model.filters=8", "--jobs", "1")
+    assert code == 0, out
+    assert "1 finished, 1 unfinished (resume), 0 missing" in out
+    calls = _calls(fake_train)
+    assert [c["run"] for c in calls] == [unfinished.name]
+    assert calls[0]["argv"] == [
+        "--scale", "smoke", "--runs-dir", str(runs), "--set", "model.filters=8",
+        "--preset", ROWS[1], "--seed", "0",
+    ]  # fmt: skip
+    assert (unfinished / "test.json").is_file()
+
+    code, out = _sweep_run(runs, "--set", "model.filters=8")
+    assert code == 0 and "Nothing to train" in out
+    assert len(_calls(fake_train)) == 1  # the second invocation launched nothing
+
+
+def test_failed_run_is_reported_and_the_others_still_finish(
+    fake_train: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_TRAIN_FAIL", ROWS[0])
+    runs = tmp_path / "runs"
+    code, out = _sweep_run(runs)
+    assert code == 2
+    failed = run_name(ROWS[0], {}, 0, "smoke")
+    assert f"1 of 2 runs did not finish: {failed} (exit 3)" in out
+    assert "Traceback" not in out
+    assert (runs / run_name(ROWS[1], {}, 0, "smoke") / "test.json").is_file()
+    monkeypatch.delenv("FAKE_TRAIN_FAIL")
+    code, out = _sweep_run(runs)  # the rerun retries only the failed run
+    assert code == 0 and "1 finished, 1 unfinished (resume), 0 missing" in out
+    assert [c["run"] for c in _calls(fake_train)][-1] == failed
+
+
+def test_one_job_per_gpu_with_logs(
+    fake_train: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    runs = tmp_path / "runs"
+    code, out = _sweep_run(runs)  # --jobs defaults to auto: one per visible GPU
+    assert code == 0, out
+    assert "2 at a time on 2 GPU(s)" in out
+    assert {c["gpu"] for c in _calls(fake_train)} <= {"3", "5"}
+    for row in ROWS:
+        assert (runs / ".sweep-logs" / f"{run_name(row, {}, 0, 'smoke')}.log").is_file()
+
+
+def test_job_slots() -> None:
+    assert resolve_jobs("auto", []) == 1
+    assert resolve_jobs("auto", ["0", "1", "2"]) == 3
+    assert resolve_jobs("4", []) == 4
+    envs = slot_environments(3, ["6", "7"])
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["6", "7", "6"]
+
+
+def test_bad_input_gives_one_line_errors(fake_train: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args, message in [
+        (["sweep", "run", "table9"], "unknown experiment 'table9'"),
+        (["sweep", "run", "table1", "--jobs", "0"], "--jobs '0' must be a positive integer"),
+        (["sweep", "run", "table1", "--set", "inner.stepz=2"], "unknown config key 'inner.stepz'"),
+        (["sweep", "export", "figure2", "--preset", "omniglot_5way_1shot_maml"], "not rows"),
+    ]:
+        result = runner.invoke(main, [*args, "--runs-dir", str(tmp_path / "r")])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {message}") or message in result.output
+        assert "Traceback" not in result.output
+    assert _calls(fake_train) == []
+
+
+# ---------------------------------------------------------------- the exported W&B sweep
+
+
+def agent_argv(definition: dict, values: dict) -> list[str]:
+    """The command W&B's agent runs for one grid point: its own macro expansion
+    (wandb.wandb_agent.Agent._command_run), using wandb's own argument builder."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    sweep_vars = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    sweep_vars["env"] = ["/usr/bin/env"]
+    argv: list[str] = []
+    for word in create_sweep_command(list(definition["command"])):
+        word = str(word)
+        if word.startswith("${") and word.endswith("}"):
+            argv += sweep_vars[word[2:-1]]
+        else:
+            argv.append(word)
+    return argv
+
+
+def test_export_is_a_wandb_grid_sweep_over_the_experiment(tmp_path: Path) -> None:
+    out = tmp_path / "table1.yaml"
+    result = CliRunner().invoke(
+        main, ["sweep", "export", "table1", "--scale", "paper", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    definition = yaml.safe_load(out.read_text())
+    assert definition["method"] == "grid"
+    assert set(definition["parameters"]) == {"preset", "seed"}
+    presets = definition["parameters"]["preset"]["values"]
+    seeds = definition["parameters"]["seed"]["values"]
+    assert presets == list(EXPERIMENTS["table1"].presets) and seeds == [0, 1, 2]
+    assert len(presets) * len(seeds) == len(EXPERIMENTS["table1"].grid()) == 33
+    command = definition["command"]
+    assert isinstance(command, list) and all(isinstance(w, str) for w in command)
+    assert command[:3] == ["${env}", "mamlpp", "train"] and command[-1] == "${args_no_equals}"
+    assert command[command.index("--wandb") + 1] == "online"
+    assert command[command.index("--scale") + 1] == "paper"
+    assert command[command.index("--runs-dir") + 1] == "runs/paper"
+
+    as_json = tmp_path / "table1.json"
+    CliRunner().invoke(
+        main, ["sweep", "export", "table1", "--scale", "paper", "--out", str(as_json)]
+    )
+    assert json.loads(as_json.read_text()) == definition
+
+
+def test_agent_command_is_the_local_runners_command(tmp_path: Path) -> None:
+    """Every grid point: the W&B agent's argv equals the local runner's argv (same options), so
+    both write the same run directory."""
+    runs = tmp_path / "runs"
+    sets = ("schedule.epochs=1", "model.filters=8")
+    options = ("--data-root", "/data", "--wandb", "online")
+    sweep = build_sweep("figure2", "smoke", runs, (), (), sets, options)
+    definition = yaml.safe_load(yaml.safe_dump(wandb_sweep_definition(sweep, "mamlpp")))
+    assert [p.preset for p in sweep.points][::3] == definition["parameters"]["preset"]["values"]
+    prefix = train_command_prefix()
+    assert Path(prefix[0]).name == "mamlpp" and prefix[1:] == ["train"]
+    for point in sweep.points:
+        agent = agent_argv(definition, {"preset": point.preset, "seed": point.seed})
+        assert agent[:2] == ["/usr/bin/env", "mamlpp"]
+        assert agent[2:] == ["train", *sweep.train_args(point)]
+
+    result = CliRunner().invoke(
+        main,
+        ["sweep", "run", "figure2", "--runs-dir", str(runs), "--dry-run", "--set", sets[0],
+         "--set", sets[1], "--data-root", "/data", "--wandb", "online"],
+    )  # fmt: skip
+    printed = [shlex.split(line) for line in result.output.splitlines() if "--preset" in line]
+    assert [line[1:] for line in printed] == [
+        agent_argv(definition, {"preset": p.preset, "seed": p.seed})[2:] for p in sweep.points
+    ]
