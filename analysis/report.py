@@ -1,0 +1,203 @@
+"""The report: every table, chart and figure from one runs dir, linked from ``<out>/index.html``.
+
+Layout of ``<out>``::
+
+    index.html          links everything below, a short text and the producing command per item
+    runs.csv            one row per run (identity, switches, test accuracy)
+    tables/             <experiment>_<scale>.{md,csv,tex}
+    charts/             lr_<variant>_<scale>.html (self-contained plotly)
+    figures/            figure2_stability_<scale>.{png,pdf}, gradients_<family>.{png,pdf}
+    seed_variance.ipynb the executed notebook (only with --notebook)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analysis.figures import write_figures
+from analysis.lr_charts import write_lr_charts
+from analysis.runs import Run, load_runs, runs_frame
+from analysis.tables import SMOKE_LABEL, WrittenTable, display_table, write_tables
+
+NOTEBOOK = Path(__file__).parent / "notebooks" / "seed_variance.ipynb"
+
+
+def report_command(runs_dir: Path, out: Path, from_wandb: str | None = None, notebook: bool = False) -> str:
+    parts = ["mamlpp", "report", "--runs-dir", str(runs_dir), "--out", str(out)]
+    if from_wandb:
+        parts += ["--from-wandb", from_wandb]
+    if notebook:
+        parts.append("--notebook")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+@dataclass
+class Report:
+    out: Path
+    command: str
+    runs: list[Run]
+    tables: list[WrittenTable] = field(default_factory=list)
+    charts: list[tuple[str, Path]] = field(default_factory=list)
+    figures: list[tuple[str, str, list[Path]]] = field(default_factory=list)
+    notebook: Path | None = None
+
+    @property
+    def index(self) -> Path:
+        return self.out / "index.html"
+
+
+def execute_notebook(runs_dir: Path, out: Path) -> Path:
+    """Run the seed-variance notebook on ``runs_dir`` (nbclient) and save the executed copy."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    old = os.environ.get("MAMLPP_RUNS_DIR")
+    os.environ["MAMLPP_RUNS_DIR"] = str(runs_dir.resolve())
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("MAMLPP_RUNS_DIR", None)
+        else:
+            os.environ["MAMLPP_RUNS_DIR"] = old
+    path = out / "seed_variance.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def build_report(runs_dir: str | Path, out: str | Path, command: str | None = None, notebook: bool = False) -> Report:
+    """Write every output for the runs under ``runs_dir`` into ``out``; returns what was written."""
+    runs_dir, out = Path(runs_dir), Path(out)
+    runs = load_runs(runs_dir)
+    command = command or report_command(runs_dir, out, notebook=notebook)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out=out, command=command, runs=runs)
+    runs_frame(runs).to_csv(out / "runs.csv", index=False)
+    report.tables = write_tables(runs, out / "tables", command)
+    report.charts = write_lr_charts(runs, out / "charts")
+    report.figures = write_figures(runs, out / "figures")
+    if notebook:
+        report.notebook = execute_notebook(runs_dir, out)
+    report.index.write_text(index_html(report, runs_dir))
+    return report
+
+
+# ---------------------------------------------------------------- the page
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+code, pre { background: #f4f4f4; padding: 0.1em 0.3em; border-radius: 3px; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f0f0f0; }
+.warning { background: #fff3cd; border: 1px solid #e0c36a; padding: 0.6em 1em; font-weight: bold; }
+.item { margin: 1.5em 0; }
+img { max-width: 100%; border: 1px solid #ddd; }
+.missing { color: #777; font-style: italic; }
+"""
+
+
+def _link(path: Path, base: Path, text: str | None = None) -> str:
+    rel = path.relative_to(base).as_posix()
+    return f'<a href="{html.escape(rel)}">{html.escape(text or rel)}</a>'
+
+
+def _produced_by(command: str) -> str:
+    return f"<p>Produced by: <code>{html.escape(command)}</code></p>"
+
+
+def index_html(report: Report, runs_dir: Path) -> str:
+    out, runs = report.out, report.runs
+    finished = sum(r.finished for r in runs)
+    scales = sorted({r.scale for r in runs})
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>mamlpp report</title>',
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>MAML++ reproduction: report</h1>",
+        f"<p>{len(runs)} runs ({finished} finished, {len(runs) - finished} unfinished) from "
+        f"<code>{e(str(runs_dir))}</code>, scale(s): {e(', '.join(scales))}. Generated "
+        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; every run listed in "
+        f"{_link(out / 'runs.csv', out)}.</p>",
+        _produced_by(report.command),
+    ]
+    if any(s != "paper" for s in scales):
+        parts.append(f'<p class="warning">{e(SMOKE_LABEL)}: runs below paper scale use shortened schedules; '
+                     "their numbers check that the pipeline works, not the paper's claims.</p>")
+
+    parts.append("<h2>Tables: test accuracy per preset</h2>")
+    parts.append(
+        "<p>One row per preset (paper order), mean ± sample std over seeds of the ensemble test "
+        "accuracy in percent, the number of finished seeds, the paper's value and the difference. "
+        "Runs are grouped by preset prefix: <code>omniglot_*</code> → Table 1, "
+        "<code>miniimagenet_*</code> → Table 2, <code>stability_*</code> → Figure 2 runs.</p>"
+    )
+    for t in report.tables:
+        links = " · ".join(_link(p, out, fmt) for fmt, p in t.files.items())
+        parts += [
+            '<div class="item">',
+            f"<h3>{e(t.experiment.title)} ({e(t.scale)} scale)</h3>",
+            f"<p>{e(t.caption)}</p>",
+            display_table(t.table).to_html(index=False, border=0),
+            f"<p>Files: {links}</p>",
+            _produced_by(report.command),
+            "</div>",
+        ]
+
+    parts.append("<h2>Learned inner learning rates (LSLR)</h2>")
+    if report.charts:
+        parts.append(
+            "<p>Interactive (plotly, works offline). x = adapted tensor in network order with the inner "
+            "steps unrolled, y = learned learning rate, one colour per seed. The chart opens with each "
+            "seed at its own best-validation epoch; the slider (one step per epoch) moves every seed to "
+            "epoch e; the button returns to the opening view.</p><ul>"
+        )
+        parts += [f"<li>{_link(path, out, title)}</li>" for title, path in report.charts]
+        parts += ["</ul>", _produced_by(report.command)]
+    else:
+        parts.append('<p class="missing">No runs with LSLR (inner.lslr true): no learning-rate chart.</p>')
+
+    parts.append("<h2>Figures</h2>")
+    texts = {
+        "stability": "Training loss against outer iteration for the stride-2-conv networks, MAML vs "
+        "MAML++, every seed (the paper's Figure 2: MAML++ trains stably where MAML does not).",
+        "gradients": "Max, min and mean |g| of the meta-gradient of each weight tensor per epoch, runs "
+        "without vs with the multi-step loss (log scale; the paper's argument for MSL).",
+    }
+    for kind, title, paths in report.figures:
+        png = next(p for p in paths if p.suffix == ".png")
+        parts += [
+            '<div class="item">',
+            f"<h3>{e(title)}</h3><p>{e(texts[kind])}</p>",
+            f'<a href="{e(png.relative_to(out).as_posix())}"><img src="{e(png.relative_to(out).as_posix())}" alt="{e(title)}"></a>',
+            f"<p>Files: {' · '.join(_link(p, out, p.suffix[1:].upper()) for p in paths)}</p>",
+            _produced_by(report.command),
+            "</div>",
+        ]
+    kinds = {kind for kind, _, _ in report.figures}
+    if "stability" not in kinds:
+        parts.append('<p class="missing">No stability_* runs with iterations.jsonl: no stability figure (run <code>make figure2</code>).</p>')
+    if "gradients" not in kinds:
+        parts.append('<p class="missing">No task family with runs both without and with MSL: no gradient figure.</p>')
+
+    parts.append("<h2>Seed variance notebook</h2>")
+    if report.notebook:
+        parts.append(f"<p>Executed on these runs: {_link(report.notebook, out)} (per-seed curves, spread of "
+                     "final accuracies, agreement of learned rates across seeds).</p>")
+    else:
+        nb_cmd = f"MAMLPP_RUNS_DIR={shlex.quote(str(runs_dir))} .venv/bin/jupyter execute analysis/notebooks/seed_variance.ipynb"
+        parts.append(
+            "<p>Per-seed curves, spread of final accuracies and the agreement of learned rates across "
+            f"seeds: <code>analysis/notebooks/seed_variance.ipynb</code>. Run it on these runs with "
+            f"<code>{e(nb_cmd)}</code>, or add <code>--notebook</code> to the report command to save an "
+            "executed copy here.</p>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
