@@ -1,0 +1,112 @@
+"""Run directory files, atomic writes, run naming, top-k bookkeeping (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamlpp.errors import MamlppError
+from mamlpp.tracking import (
+    RunDirectory,
+    RunDirectoryError,
+    atomic_torch_save,
+    read_jsonl,
+    resolve_wandb_mode,
+)
+from mamlpp.trainer import TopK, run_name
+
+
+def test_run_name_follows_the_contract() -> None:
+    assert run_name("p", [], 3, "smoke") == "p__default__seed3__smoke"
+    name = run_name("p", ["outer.lr=0.01", "inner.steps=3"], 0, "paper")
+    assert name == "p__inner.steps=3,outer.lr=0.01__seed0__paper"
+
+
+def test_run_name_is_canonical_and_separates_configs() -> None:
+    a = run_name("p", ["inner.steps=3", "outer.lr=0.01"], 0, "smoke")
+    assert a == run_name("p", ["outer.lr=0.01", "inner.steps=3"], 0, "smoke")
+    assert a == run_name("p", {"inner.steps": 3, "outer.lr": 0.01}, 0, "smoke")
+    assert a != run_name("p", ["inner.steps=4", "outer.lr=0.01"], 0, "smoke")
+    assert a != run_name("p", ["inner.steps=3", "outer.lr=0.01"], 1, "smoke")
+    assert a != run_name("p", ["inner.steps=3", "outer.lr=0.01"], 0, "paper")
+
+
+def test_run_name_slug_is_safe_and_bounded() -> None:
+    name = run_name("p", ["outer.betas=[0.9, 0.99]"], 0, "smoke")
+    assert name == "p__outer.betas=-0.9,-0.99-__seed0__smoke"
+    long_a = run_name("p", ["model.downsample=" + "x" * 100], 0, "smoke")
+    long_b = run_name("p", ["model.downsample=" + "x" * 99 + "y"], 0, "smoke")
+    slug_a = long_a.split("__")[1]
+    assert len(slug_a) == 60 + 1 + 8
+    assert long_a != long_b
+
+
+def test_atomic_torch_save_replaces_whole_files(tmp_path: Path) -> None:
+    path = tmp_path / "latest.pt"
+    atomic_torch_save({"epoch": 1}, path)
+    (tmp_path / "latest.pt.tmp").write_bytes(b"half a checkpoint from a killed writer")
+    assert torch.load(path)["epoch"] == 1
+    atomic_torch_save({"epoch": 2}, path)
+    assert torch.load(path)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
+
+
+def test_jsonl_skips_a_torn_last_line_and_truncates_by_epoch(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path)
+    run.create()
+    for epoch in range(3):
+        run.append_metrics({"epoch": epoch, "val/acc": 0.5})
+        run.append_iterations([{"iteration": 2 * epoch + i, "epoch": epoch} for i in range(2)])
+    with open(run.metrics_path, "a") as f:
+        f.write('{"epoch": 3, "val/a')
+    assert [r["epoch"] for r in run.read_metrics()] == [0, 1, 2]
+    run.truncate_logs(1)
+    assert [r["epoch"] for r in run.read_metrics()] == [0, 1]
+    assert [r["iteration"] for r in read_jsonl(run.iterations_path)] == [0, 1, 2, 3]
+    assert run.metrics_path.read_text().endswith("\n")
+
+
+def test_run_directory_refuses_an_unwritable_place(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunDirectoryError, match="--runs-dir"):
+        RunDirectory(blocker / "run").create()
+
+
+def test_read_config_names_a_non_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(RunDirectoryError, match="not a run directory"):
+        RunDirectory(tmp_path).read_config()
+
+
+def test_config_json_round_trips(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path)
+    run.create()
+    run.write_config({"seed": 1}, {"name": "x"})
+    assert json.loads(run.config_path.read_text()) == {"config": {"seed": 1}, "run": {"name": "x"}}
+
+
+def test_top_k_keeps_the_best_and_reports_evictions() -> None:
+    top = TopK(2)
+    assert top.offer(0, 0.5) == (True, [])
+    assert top.offer(1, 0.7) == (True, [])
+    assert top.offer(2, 0.6) == (True, [0])
+    assert top.offer(3, 0.1) == (False, [3])
+    assert top.offer(4, 0.7) == (True, [2])  # a tie ranks the earlier epoch first
+    assert top.epochs == [1, 4]
+    assert TopK.from_state(2, top.state()).entries == top.entries
+
+
+def test_wandb_mode_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert resolve_wandb_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert resolve_wandb_mode(None) == "online"
+    assert resolve_wandb_mode("off") == "off"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_wandb_mode(None) == "off"
+    monkeypatch.setenv("WANDB_MODE", "sideways")
+    with pytest.raises(MamlppError, match="offline, online or off"):
+        resolve_wandb_mode(None)
