@@ -56,7 +56,9 @@ def _register() -> None:
     """Attach the subcommands owned by other modules."""
     # Each owner adds one line here: `from X import cmd; main.add_command(cmd)`.
     from mamlpp.train_cli import test, train; main.add_command(train); main.add_command(test)  # noqa: E702, I001
+    from mamlpp.data.cli import data; main.add_command(data)  # noqa: E702
     from mamlpp.sweep import sweep; main.add_command(sweep)  # noqa: E702, I001
+    from analysis.cli import report; main.add_command(report)  # noqa: E702, I001
 
 
 _register()

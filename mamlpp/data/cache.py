@@ -78,7 +78,7 @@ def load_cache(dataset: str, key: str) -> ImageSets | None:
     folder = cache_dir(dataset, key)
     if not folder.exists():
         return None
-    fix = f"delete {folder} and run `mamlpp data prepare {dataset}`"
+    fix = f"run `mamlpp data prepare {dataset} --rebuild` (or delete {folder})"
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as e:

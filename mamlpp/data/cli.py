@@ -1,0 +1,118 @@
+"""`mamlpp data check|prepare DATASET`: see what a data root holds, build the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from mamlpp.data.cache import SPLITS, ImageSets, cache_dir, load_cache
+from mamlpp.data.paths import DATA_ENV, resolve_data_root
+from mamlpp.errors import DataError
+
+DATASETS = click.Choice(["omniglot", "miniimagenet"])
+ROOT_HELP = f"Data root (holding omniglot/, miniimagenet/) or the dataset's own folder; default ${DATA_ENV}, else ./data."
+
+
+@click.group("data")
+def data() -> None:
+    """Check what a data root holds and build the preprocessed cache.
+
+    \b
+    Example:
+      mamlpp data check omniglot --root ../shared/data
+      mamlpp data prepare omniglot --root data --download
+    """
+
+
+def _per_class(counts: list[int]) -> str:
+    lo, hi = min(counts), max(counts)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def _echo_counts(counts: dict[str, list[int]]) -> None:
+    for split in SPLITS:
+        c = counts[split]
+        click.echo(f"  {split:<5}  {len(c):>5} classes  {_per_class(c):>7} images per class")
+
+
+def _omniglot_check(root: str | None) -> None:
+    from mamlpp.data import omniglot
+
+    sources = omniglot.find_source(root)
+    counts = omniglot.count_classes(sources)
+    omniglot.check_counts(counts, sources[0].parent)
+    split = omniglot.class_split(list(counts))
+    click.echo(f"omniglot: {', '.join(str(s) for s in sources)}")
+    _echo_counts({s: [counts[c] for c in names] for s, names in split.items()})
+    _echo_cache(cache_dir("omniglot", omniglot.source_key(sources)))
+
+
+def _miniimagenet_check(root: str | None) -> None:
+    from mamlpp.data import miniimagenet
+
+    folder, fmt, counts = miniimagenet.count_classes(root)
+    click.echo(f"miniimagenet: {folder} (format: {fmt})")
+    for split in SPLITS:
+        if not counts[split]:
+            raise DataError(f"mini-ImageNet split {split} in {folder} has no classes; {miniimagenet.FIX}")
+    _echo_counts({s: list(counts[s].values()) for s in SPLITS})
+    files = miniimagenet._source_files(folder, fmt)
+    key = miniimagenet.content_key(files, folder, salt=f"miniimagenet-{fmt}")
+    _echo_cache(cache_dir("miniimagenet", key))
+
+
+def _echo_cache(folder: Path) -> None:
+    """The cache folder and whether it is built; an untrustworthy cache is a DataError."""
+    dataset, key = folder.name.split("-", 1)
+    built = load_cache(dataset, key) is not None
+    state = "built" if built else f"not built; run `mamlpp data prepare {dataset}`"
+    click.echo(f"cache: {folder} ({state})")
+
+
+@data.command()
+@click.argument("dataset", type=DATASETS)
+@click.option("--root", "--data-root", "root", default=None, help=ROOT_HELP)
+def check(dataset: str, root: str | None) -> None:
+    """Print classes per split, images per class and the cache location (no decoding).
+
+    \b
+    Example:
+      mamlpp data check omniglot --root ../shared/data
+    """
+    (_omniglot_check if dataset == "omniglot" else _miniimagenet_check)(root)
+
+
+@data.command()
+@click.argument("dataset", type=DATASETS)
+@click.option("--root", "--data-root", "root", default=None, help=ROOT_HELP)
+@click.option("--download", is_flag=True, help="Omniglot only: fetch the official zips (md5-checked) into ROOT/omniglot first.")
+@click.option("--rebuild", is_flag=True, help="Delete an existing cache and build it again.")
+def prepare(dataset: str, root: str | None, download: bool, rebuild: bool) -> None:
+    """Verify every image and build the preprocessed cache (later runs start in seconds).
+
+    \b
+    Example:
+      mamlpp data prepare omniglot --root ../shared/data
+    """
+    sets: ImageSets
+    if dataset == "omniglot":
+        from mamlpp.data import omniglot
+
+        if download:
+            resolve_data_root(root).mkdir(parents=True, exist_ok=True)
+            omniglot.download(root)
+        sets, folder = omniglot.load(root, rebuild=rebuild)
+    else:
+        from mamlpp.data import miniimagenet
+
+        if download:
+            raise DataError(
+                "mini-ImageNet has no official download; fetch it yourself (see DESIGN.md section 3) "
+                "and put it in <data root>/miniimagenet"
+            )
+        sets, folder = miniimagenet.load(root, rebuild=rebuild)
+    click.echo(f"{dataset}: ready (every image was verified when the cache was built)")
+    _echo_counts({s: [int(n) for n in np.asarray(sets[s].counts)] for s in SPLITS})
+    _echo_cache(folder)

@@ -1,0 +1,107 @@
+"""Episodes: determinism, labels, rotation, normalisation, seeds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mamlpp.config import Config, DataConfig
+from mamlpp.data import make_episodes
+from mamlpp.data.episodes import EpisodeSampler
+
+
+def _config(**data: object) -> Config:
+    base = {"dataset": "synthetic", "n_way": 5, "k_shot": 2, "target_per_class": 3}
+    return Config(data=DataConfig(**{**base, **data}))  # type: ignore[arg-type]
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_batch_shapes_and_labels() -> None:
+    b = make_episodes(_config(), "train").batch(range(4))
+    assert b.support_x.shape == (4, 10, 1, 28, 28) and b.target_x.shape == (4, 15, 1, 28, 28)
+    assert b.support_x.dtype == torch.float32 and b.support_y.dtype == torch.long
+    assert torch.equal(b.support_y[0], torch.arange(5).repeat_interleave(2))
+    assert torch.equal(b.target_y[3], torch.arange(5).repeat_interleave(3))
+
+
+def test_same_arguments_give_byte_identical_batches_in_any_order() -> None:
+    a = make_episodes(_config(), "train", seed=7)
+    b = make_episodes(_config(), "train", seed=7)
+    whole = a.batch(range(6))
+    assert _same(whole, b.batch(range(6)))
+    assert _same(whole.task(4), b.batch([4]))  # one episode alone == its slot in a batch
+    reordered = b.batch([5, 4, 3, 2, 1, 0])
+    assert torch.equal(reordered.support_x.flip(0), whole.support_x)
+
+
+def test_different_seeds_and_indices_give_different_episodes() -> None:
+    a = make_episodes(_config(), "train", seed=1).batch([0])
+    b = make_episodes(_config(), "train", seed=2).batch([0])
+    c = make_episodes(_config(), "train", seed=1).batch([1])
+    assert not torch.equal(a.support_x, b.support_x) and not torch.equal(a.support_x, c.support_x)
+
+
+def test_default_seeds_come_from_the_config() -> None:
+    cfg = replace(_config(), seed=3)
+    assert make_episodes(cfg, "train").seed == 3
+    assert make_episodes(replace(cfg, data=replace(cfg.data, train_seed=9)), "train").seed == 9
+    assert make_episodes(cfg, "val").seed == cfg.data.val_seed != cfg.data.test_seed
+    assert make_episodes(cfg, "test").seed == cfg.data.test_seed
+
+
+def test_support_and_target_of_a_label_come_from_one_class_without_repeats() -> None:
+    sampler = make_episodes(_config(n_way=20, k_shot=5, target_per_class=10), "train")
+    offsets = sampler.images.offsets
+    for i in range(20):
+        picks, _ = sampler.episode(i)
+        classes = np.searchsorted(offsets, picks, side="right") - 1
+        assert (classes == classes[:, :1]).all()  # each row (label) is one class
+        assert len(set(classes[:, 0].tolist())) == 20  # N distinct classes
+        assert all(len(set(row.tolist())) == 15 for row in picks)  # no image twice
+
+
+def test_synthetic_tasks_are_solvable_from_pixels() -> None:
+    """A nearest-class-mean classifier on raw pixels: well above chance (0.2), not perfect."""
+    b = make_episodes(_config(k_shot=1, target_per_class=5), "val").batch(range(100))
+    means = b.support_x.view(100, 5, 1, -1).mean(2)
+    pred = torch.cdist(b.target_x.view(100, 25, -1), means).argmin(-1)
+    assert 0.6 < (pred == b.target_y).float().mean().item() < 0.99
+
+
+def _expected_images(sampler: EpisodeSampler, index: int) -> torch.Tensor:
+    """The episode's images rotated one class at a time with numpy (independent of batch())."""
+    picks, turns = sampler.episode(index)
+    raw = np.asarray(sampler.images.images)
+    rows = [np.rot90(raw[p], k=int(t), axes=(-2, -1)) for p, t in zip(picks, turns, strict=True)]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(rows))).float()
+
+
+@pytest.fixture(scope="module")
+def omniglot_config(shared_data_root: Path) -> Config:
+    return Config(data=DataConfig(dataset="omniglot", n_way=20, k_shot=1, target_per_class=1))
+
+
+def test_rotation_only_on_omniglot_training_tasks(omniglot_config: Config, shared_data_root: Path) -> None:
+    train = make_episodes(omniglot_config, "train", shared_data_root)
+    assert train.rotate and set(np.concatenate([train.episode(i)[1] for i in range(5)])) == {0, 1, 2, 3}
+    b = train.batch([2])
+    x = torch.cat([b.support_x.view(20, 1, 1, 28, 28), b.target_x.view(20, 1, 1, 28, 28)], 1)
+    assert torch.equal(x, _expected_images(train, 2))
+    for split in ("val", "test"):
+        s = make_episodes(omniglot_config, split, shared_data_root)
+        assert not s.rotate and not any(s.episode(i)[1].any() for i in range(5))
+    off = replace(omniglot_config, data=replace(omniglot_config.data, rotate_train_classes=False))
+    assert not make_episodes(off, "train", shared_data_root).rotate
+
+
+def test_omniglot_batch_pixels_are_binary(omniglot_config: Config, shared_data_root: Path) -> None:
+    b = make_episodes(omniglot_config, "val", shared_data_root).batch(range(8))
+    assert b.support_x.shape == (8, 20, 1, 28, 28)
+    assert set(torch.unique(b.target_x).tolist()) == {0.0, 1.0}

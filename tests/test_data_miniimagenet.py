@@ -1,0 +1,96 @@
+"""mini-ImageNet's three on-disk formats, on small generated fixtures."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mamlpp.config import Config, DataConfig
+from mamlpp.data import IMAGENET_MEAN, IMAGENET_STD, load_splits, make_episodes
+from mamlpp.data import miniimagenet as mi
+
+CLASSES = {"train": 6, "val": 3, "test": 3}
+PER_CLASS = 4
+
+
+def fixture_images() -> dict[str, dict[str, np.ndarray]]:
+    """split -> wnid -> uint8 [PER_CLASS, 84, 84, 3], a fixed random dataset."""
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    wnid = 0
+    for split, n in CLASSES.items():
+        out[split] = {}
+        for _ in range(n):
+            wnid += 1
+            out[split][f"n{wnid:08d}"] = rng.integers(0, 256, (PER_CLASS, 84, 84, 3), dtype=np.uint8)
+    return out
+
+
+def write_format(folder: Path, fmt: str, data: dict[str, dict[str, np.ndarray]]) -> Path:
+    """Write `data` as one of the three formats into `folder` (PNG, so pixels survive)."""
+    folder.mkdir(parents=True)
+    if fmt == "pickle":
+        for split, name in mi.PICKLE_SPLIT.items():
+            images = np.concatenate(list(data[split].values()))
+            class_dict = {c: list(range(i * PER_CLASS, (i + 1) * PER_CLASS)) for i, c in enumerate(data[split])}
+            with open(folder / f"mini-imagenet-cache-{name}.pkl", "wb") as f:
+                pickle.dump({"image_data": images, "class_dict": class_dict}, f)
+        return folder
+    if fmt == "csv":
+        (folder / "images").mkdir()
+    for split, classes in data.items():
+        rows = ["filename,label"]
+        for wnid, images in classes.items():
+            for i, image in enumerate(images):
+                if fmt == "csv":
+                    name = f"{wnid}{i:08d}.png"
+                    Image.fromarray(image).save(folder / "images" / name)
+                    rows.append(f"{name},{wnid}")
+                else:
+                    (folder / split / wnid).mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(image).save(folder / split / wnid / f"{i:04d}.png")
+        if fmt == "csv":
+            (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["csv", "pickle", "folders"])
+def test_each_format_reads_the_same_images(tmp_path: Path, fmt: str) -> None:
+    data = fixture_images()
+    write_format(tmp_path / "miniimagenet", fmt, data)
+    assert mi.find_source(tmp_path)[1] == fmt
+    sets = load_splits("miniimagenet", tmp_path)
+    for split, classes in data.items():
+        assert list(sets[split].class_names) == sorted(classes)
+        expected = np.concatenate([classes[c] for c in sorted(classes)]).transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(np.asarray(sets[split].images), expected)
+
+
+def test_other_sizes_and_jpgs_are_resized_to_84(tmp_path: Path) -> None:
+    data = fixture_images()
+    write_format(tmp_path / "miniimagenet", "folders", data)
+    odd = tmp_path / "miniimagenet" / "val" / "n00000007" / "0000.png"
+    Image.fromarray(np.zeros((120, 100, 3), np.uint8)).save(odd.with_suffix(".jpg"))
+    odd.unlink()
+    sets = load_splits("miniimagenet", tmp_path / "miniimagenet")  # the dataset folder itself
+    assert sets["val"].images.shape[1:] == (3, 84, 84) and sets["val"].counts.tolist() == [4, 4, 4]
+
+
+def test_batches_are_scaled_and_normalised_with_imagenet_statistics(tmp_path: Path) -> None:
+    data = fixture_images()
+    write_format(tmp_path / "miniimagenet", "pickle", data)
+    cfg = Config(data=DataConfig(dataset="miniimagenet", n_way=3, k_shot=1, target_per_class=3, rotate_train_classes=True))
+    sampler = make_episodes(cfg, "test", tmp_path)
+    assert not sampler.rotate  # never rotates mini-ImageNet
+    b = sampler.batch([0])
+    picks, _ = sampler.episode(0)
+    raw = np.asarray(sampler.images.images)[picks[0, 0]].astype(np.float64) / 255.0
+    mean, std = np.array(IMAGENET_MEAN)[:, None, None], np.array(IMAGENET_STD)[:, None, None]
+    expected = torch.from_numpy((raw - mean) / std).float()
+    assert b.support_x.shape == (1, 3, 3, 84, 84)
+    torch.testing.assert_close(b.support_x[0, 0], expected, rtol=0, atol=1e-5)
