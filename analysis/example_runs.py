@@ -22,10 +22,10 @@ META_EXTRA = ["bn0.weight", "bn0.bias"]
 
 
 def example_rate(seed: int, epoch: int, position: int, alpha: float = 0.1) -> float:
-    """The learned rate written for (seed, epoch, tensor/step position): odd seeds mirror even ones
-    around alpha, as the blog says real seeds often do."""
+    """The learned rate written for (seed, epoch, tensor/step position): odd seeds learn the mirror
+    image (same magnitude, opposite sign) of even ones, as the blog says real seeds often do."""
     sign = 1 if seed % 2 == 0 else -1
-    return alpha + sign * 0.01 * (epoch + 1) * ((position % 7) - 3)
+    return sign * (alpha + 0.01 * (epoch + 1) * ((position % 7) - 3))
 
 
 def write_run(
