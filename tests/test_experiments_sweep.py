@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from mamlpp.cli import main
 from mamlpp.sweep import (
     TRAIN_COMMAND_ENV,
     build_sweep,
+    is_finished,
     resolve_jobs,
     slot_environments,
     train_command_prefix,
@@ -223,3 +225,64 @@ def test_agent_command_is_the_local_runners_command(tmp_path: Path) -> None:
     assert [line[1:] for line in printed] == [
         agent_argv(definition, {"preset": p.preset, "seed": p.seed})[2:] for p in sweep.points
     ]
+
+
+# ---------------------------------------------------------------- end to end, real training
+# `make table1 SCALE=smoke` shrunk to two rows, one seed and a tiny schedule, on real Omniglot
+# with the real `mamlpp train`: one grid point is run by the exported W&B sweep's own command,
+# the local runner recognises it as finished and trains only the other, and a second
+# invocation trains nothing.
+
+TINY = (
+    "schedule.epochs=1",
+    "schedule.iterations_per_epoch=1",
+    "schedule.val_tasks=2",
+    "schedule.test_tasks=2",
+    "model.filters=8",
+    "outer.meta_batch_size=2",
+    "inner.steps=1",
+    "inner.eval_steps=1",
+)
+
+
+def _real_sweep_run(runs: Path, data_root: Path) -> str:
+    args = ["sweep", "run", "table1", "--scale", "smoke", "--runs-dir", str(runs), "--seed", "0"]
+    args += [w for row in ROWS for w in ("--preset", row)]
+    args += [w for item in TINY for w in ("--set", item)]
+    args += ["--data-root", str(data_root), "--wandb", "off", "--jobs", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_tiny_table1_end_to_end_with_the_wandb_command(
+    tmp_path: Path, shared_data_root: Path
+) -> None:
+    runs = tmp_path / "runs" / "smoke"
+    options = ("--data-root", str(shared_data_root), "--wandb", "online")
+    sweep = build_sweep("table1", "smoke", runs, ROWS, (0,), TINY, options)
+    first, second = sweep.points
+    definition = yaml.safe_load(yaml.safe_dump(wandb_sweep_definition(sweep, "mamlpp")))
+
+    # What a W&B agent runs for the first grid point; only the mirror is switched off here
+    # (no network): the W&B mode is not part of the run's name.
+    argv = agent_argv(definition, {"preset": first.preset, "seed": first.seed})
+    assert argv[:3] == ["/usr/bin/env", "mamlpp", "train"]
+    argv = [*train_command_prefix(), *argv[3:]]
+    argv[argv.index("--wandb") + 1] = "off"
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert is_finished(sweep.run_dir(first))
+
+    out = _real_sweep_run(runs, shared_data_root)
+    assert "2 runs in" in out and "1 finished, 0 unfinished (resume), 1 missing" in out
+    assert f"[1/1] start {sweep.run_dir(second).name}" in out
+    assert is_finished(sweep.run_dir(first)) and is_finished(sweep.run_dir(second))
+    assert sorted(p.name for p in runs.iterdir()) == sorted(
+        [sweep.run_dir(first).name, sweep.run_dir(second).name]
+    )
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+
+    out = _real_sweep_run(runs, shared_data_root)
+    assert "2 finished, 0 unfinished (resume), 0 missing" in out and "Nothing to train" in out
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps
