@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SCALE  ?= smoke
-JOBS   ?= 1
+JOBS   ?= auto
 SEEDS  ?= 0 1 2
+ROWS   ?=
 RUNS   ?= runs
 export MAMLPP_DATA ?= $(CURDIR)/data
 
@@ -16,7 +17,8 @@ help:
 	@echo "make test    run the test suite"
 	@echo "make check   ruff + mypy"
 	@echo "make bench   engine speed benchmark (seconds per outer iteration)"
-	@echo "make table1|table2|figure2 SCALE=smoke|paper JOBS=N   paper experiments, then their report"
+	@echo "make table1|table2|figure2 SCALE=smoke|paper JOBS=N|auto [SEEDS='0 1 2'] [ROWS=preset...]"
+	@echo "            train the missing runs of a paper experiment (JOBS=auto: one per GPU), then its report"
 	@echo "make report  rebuild reports/ from the run directories"
 
 # A virtual environment of our own; reinstalled when pyproject.toml changes.
@@ -47,7 +49,8 @@ bench: setup
 	$(BIN)/mamlpp bench
 
 table1 table2 figure2: setup
-	$(BIN)/mamlpp sweep run $@ --scale $(SCALE) --jobs $(JOBS) --runs-dir $(RUNS)/$(SCALE)
+	$(BIN)/mamlpp sweep run $@ --scale $(SCALE) --jobs $(JOBS) --runs-dir $(RUNS)/$(SCALE) \
+		$(foreach s,$(SEEDS),--seed $(s)) $(foreach r,$(ROWS),--preset $(r))
 	$(BIN)/mamlpp report --runs-dir $(RUNS)/$(SCALE) --out reports/$(SCALE)
 
 report: setup
