@@ -1,0 +1,100 @@
+"""Exact resume: a `mamlpp train` process killed with SIGKILL, rerun with the same command,
+ends with the same metrics, iterations and test result as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mamlpp.tracking import RunDirectory, read_jsonl
+
+OVERRIDES = [
+    "data.dataset=synthetic",
+    "model.filters=8",
+    "inner.steps=2",
+    "inner.eval_steps=2",
+    "outer.meta_batch_size=2",
+    "schedule.epochs=4",
+    "schedule.iterations_per_epoch=3",
+    "schedule.val_tasks=4",
+    "schedule.test_tasks=4",
+    "schedule.ensemble_top_k=2",
+]
+
+
+def _command(runs: Path) -> list[str]:
+    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
+    return [
+        sys.executable, "-m", "mamlpp.cli", "train", "--preset", "omniglot_5way_1shot_mamlpp",
+        "--seed", "0", "--scale", "smoke", "--runs-dir", str(runs), "--wandb", "off",
+        "--device", "cpu", "--no-progress", *sets,
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def _run_to_end(runs: Path) -> RunDirectory:
+    done = subprocess.run(_command(runs), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (path,) = runs.iterdir()
+    return RunDirectory(path)
+
+
+def _kill_after_first_epoch(runs: Path) -> RunDirectory:
+    process = subprocess.Popen(
+        _command(runs), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            found = list(runs.glob("*/metrics.jsonl"))
+            if found and found[0].read_text().count("\n") >= 1:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    (path,) = runs.iterdir()
+    return RunDirectory(path)
+
+
+def _plant_debris_of_a_kill_during_writes(run: RunDirectory) -> None:
+    """What a kill in the middle of an epoch's writes can leave behind."""
+    (run.checkpoints / "latest.pt.tmp").write_bytes(b"torn")
+    torch.save({"stale": True}, run.checkpoints / "epoch_003.pt")
+    with open(run.metrics_path, "a") as f:
+        f.write('{"epoch": 3, "train/loss"')
+    with open(run.iterations_path, "a") as f:
+        f.write('{"iteration": 99, "epoch": 3}\n')
+
+
+def _without_timings(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    killed = _kill_after_first_epoch(tmp_path / "killed")
+    assert not killed.test_path.exists()
+    assert 1 <= len(killed.read_metrics()) < 4
+    _plant_debris_of_a_kill_during_writes(killed)
+    resumed = _run_to_end(tmp_path / "killed")
+    straight = _run_to_end(tmp_path / "straight")
+
+    assert resumed.path.name == straight.path.name
+    assert [r["epoch"] for r in resumed.read_metrics()] == [0, 1, 2, 3]
+    assert _without_timings(resumed.read_metrics()) == _without_timings(straight.read_metrics())
+    assert read_jsonl(resumed.iterations_path) == read_jsonl(straight.iterations_path)
+    assert json.loads(resumed.test_path.read_text()) == json.loads(straight.test_path.read_text())
+    assert sorted(p.name for p in resumed.checkpoints.iterdir()) == sorted(
+        p.name for p in straight.checkpoints.iterdir()
+    )
