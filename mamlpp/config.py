@@ -334,8 +334,9 @@ def describe_fields(cls: Any = Config, prefix: str = "") -> dict[str, str]:
     body = tree.body[0].body  # type: ignore[attr-defined]
     for node, nxt in zip(body, body[1:], strict=False):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                docs[prefix + node.target.id] = " ".join(str(nxt.value.value).split())
+            value = getattr(nxt, "value", None)
+            if isinstance(nxt, ast.Expr) and isinstance(value, ast.Constant):
+                docs[prefix + node.target.id] = " ".join(str(value.value).split())
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if is_dataclass(hints[f.name]):

@@ -1,0 +1,345 @@
+"""MetaLearner: the meta-parameters of MAML/MAML++ and the three things done with them.
+
+- ``meta_loss(batch, epoch)``: the differentiable meta loss (MSL-weighted target losses after the
+  inner steps, first or second order as the config and epoch say);
+- ``train_step(batch, epoch)``: one outer update (Adam, optional clipping, BN running stats);
+- ``evaluate(batch)``: adapt with first-order steps and score the target set.
+
+Meta-parameters (everything the outer loop learns), by name: the adapted weights' initial values
+``conv<i>.weight/bias``, ``linear.weight/bias``; batch-norm scale/shift ``bn<i>.weight/bias``
+([sets, filters]); with LSLR, one learning rate per adapted tensor and step, ``lslr.<name>``
+([steps]).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mamlpp import model, schedules
+from mamlpp.batch import TaskBatch
+from mamlpp.config import Config
+from mamlpp.inner_loop import InnerLoopResult, Rates, inner_loop
+
+GRAD_STATS = ("max", "min", "mean", "norm")
+
+
+@dataclass
+class MetaLossResult:
+    loss: Tensor
+    """Scalar: mean over tasks of sum_i v_i * L_i."""
+    step_losses: list[float | None]
+    """Target loss after each step (mean over tasks); None where MSL's weight is 0."""
+    step_accuracies: list[float | None]
+    msl_weights: list[float]
+    second_order: bool
+    bn_stats: list[model.BatchNormStats] = field(default_factory=list)
+    """Batch statistics of every forward pass, in order, to update the running stats with."""
+
+    @property
+    def accuracy(self) -> float:
+        """Target accuracy after the last inner step."""
+        last = self.step_accuracies[-1]
+        assert last is not None
+        return last
+
+
+@dataclass
+class StepResult:
+    loss: float
+    accuracy: float
+    msl_weights: list[float]
+    second_order: bool
+    grad_stats: dict[str, dict[str, float]]
+    """Meta-parameter name -> {max, min, mean, norm} of |gradient|."""
+    step_losses: list[float | None]
+
+
+@dataclass
+class EvalResult:
+    loss: Tensor
+    """[B] target loss after the evaluation steps."""
+    accuracy: Tensor
+    """[B] target accuracy."""
+    probs: Tensor
+    """[B, N*q, N] class probabilities of the target images (what the ensemble averages)."""
+
+
+class MetaLearner:
+    def __init__(
+        self, config: Config, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.spec = model.NetSpec.from_config(config)
+        self.engine = _choose_engine(config, self.device)
+        generator = torch.Generator().manual_seed(config.seed)
+        init = model.init_params(self.spec, generator)
+        self.params = {k: v.to(self.device, dtype).requires_grad_() for k, v in init.items()}
+        self.rates: dict[str, Tensor] = {}
+        if config.inner.lslr:
+            for name in self.adapted_names:
+                full = torch.full((config.bn_sets,), config.inner.lr, device=self.device, dtype=dtype)
+                self.rates[name] = full.requires_grad_()
+        self.running = {
+            k: v.to(self.device, dtype) for k, v in model.init_running_stats(self.spec).items()
+        }
+        o = config.outer
+        self.optimizer = torch.optim.Adam(
+            list(self.meta_parameters().values()), lr=o.lr, betas=o.betas
+        )
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def adapted_names(self) -> list[str]:
+        return self.spec.adapted_names
+
+    def meta_parameters(self) -> dict[str, Tensor]:
+        """Name -> tensor of everything the outer loop learns (network order, then LSLR)."""
+        out = dict(self.params)
+        out.update({f"lslr.{k}": v for k, v in self.rates.items()})
+        return out
+
+    def lslr_rates(self) -> dict[str, list[float]]:
+        """Adapted tensor -> its inner learning rate at each step (fixed alpha without LSLR)."""
+        steps = self.config.bn_sets
+        if not self.rates:
+            return {k: [self.config.inner.lr] * steps for k in self.adapted_names}
+        return {k: v.detach().cpu().tolist() for k, v in self.rates.items()}
+
+    def _inner_rates(self, detach: bool) -> Rates:
+        if not self.rates:
+            return {k: self.config.inner.lr for k in self.adapted_names}
+        return {k: v.detach() if detach else v for k, v in self.rates.items()}
+
+    # ------------------------------------------------------------------ schedules
+    def meta_lr(self, epoch: int) -> float:
+        return schedules.meta_lr(self.config, epoch)
+
+    def msl_weights(self, epoch: int) -> list[float]:
+        c = self.config
+        return schedules.msl_weights(c.inner.steps, epoch, c.outer.msl_epochs, c.outer.msl)
+
+    # ------------------------------------------------------------------ meta loss
+    def meta_loss(self, batch: TaskBatch, epoch: int) -> MetaLossResult:
+        """The differentiable meta loss of a meta-batch at `epoch` (MSL weights and derivative
+        order are the epoch's)."""
+        batch = batch.to(self.device, self.dtype)
+        weights = self.msl_weights(epoch)
+        second_order = schedules.use_second_order(self.config, epoch)
+        run = self._run_folded if self.engine == "folded" else self._run_loop
+        per_task_loss, results, bn_stats = run(batch, weights, second_order)
+        return MetaLossResult(
+            loss=per_task_loss.mean(),
+            step_losses=_mean_per_step(results, "target_losses"),
+            step_accuracies=_mean_per_step(results, "target_accuracies"),
+            msl_weights=weights,
+            second_order=second_order,
+            bn_stats=bn_stats,
+        )
+
+    def _run_folded(
+        self, batch: TaskBatch, weights: list[float], second_order: bool
+    ) -> tuple[Tensor, list[InnerLoopResult], list[model.BatchNormStats]]:
+        tasks = batch.num_tasks
+        stats: list[model.BatchNormStats] = []
+        forward = functools.partial(
+            _call_forward, model.forward_tasks, self.params, self.running, self.spec, "batch", stats
+        )
+        fast = {k: self.params[k].expand(tasks, *self.params[k].shape) for k in self.adapted_names}
+        result = inner_loop(
+            forward,
+            fast,
+            (batch.support_x, batch.support_y),
+            (batch.target_x, batch.target_y),
+            self._inner_rates(detach=False),
+            self.config.inner.steps,
+            second_order,
+            target_steps={i for i, w in enumerate(weights) if w > 0},
+        )
+        return _weighted(result, weights), [result], stats
+
+    def _run_loop(
+        self, batch: TaskBatch, weights: list[float], second_order: bool
+    ) -> tuple[Tensor, list[InnerLoopResult], list[model.BatchNormStats]]:
+        """Reference: one task at a time with plain (unbatched) convolutions."""
+        losses, results, per_task_stats = [], [], []
+        for b in range(batch.num_tasks):
+            stats: list[model.BatchNormStats] = []
+            forward = functools.partial(
+                _call_forward, model.forward_task, self.params, self.running, self.spec, "batch", stats
+            )
+            result = inner_loop(
+                forward,
+                {k: self.params[k] for k in self.adapted_names},
+                (batch.support_x[b], batch.support_y[b]),
+                (batch.target_x[b], batch.target_y[b]),
+                self._inner_rates(detach=False),
+                self.config.inner.steps,
+                second_order,
+                target_steps={i for i, w in enumerate(weights) if w > 0},
+            )
+            losses.append(_weighted(result, weights))
+            results.append(result)
+            per_task_stats.append(stats)
+        return torch.stack(losses), results, _average_stats(per_task_stats)
+
+    # ------------------------------------------------------------------ outer update
+    def train_step(self, batch: TaskBatch, epoch: int) -> StepResult:
+        """One outer update at `epoch`: meta lr set for the epoch, Adam step, gradient
+        clipping when configured, BN running statistics updated."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.meta_lr(epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        result = self.meta_loss(batch, epoch)
+        result.loss.backward()
+        meta = self.meta_parameters()
+        clip = self.config.outer.grad_clip
+        if clip is not None:
+            for p in meta.values():
+                if p.grad is not None:
+                    p.grad.clamp_(-clip, clip)
+        grad_stats = _gradient_statistics(meta)
+        self.optimizer.step()
+        self._update_running_stats(result.bn_stats)
+        return StepResult(
+            loss=float(result.loss.detach()),
+            accuracy=result.accuracy,
+            msl_weights=result.msl_weights,
+            second_order=result.second_order,
+            grad_stats=grad_stats,
+            step_losses=result.step_losses,
+        )
+
+    @torch.no_grad()
+    def _update_running_stats(self, stats: list[model.BatchNormStats]) -> None:
+        m = self.config.bn.momentum
+        for s in stats:
+            i = min(s.step, self.spec.stat_sets - 1)
+            self.running[f"bn{s.layer}.running_mean"][i].lerp_(s.mean, m)
+            self.running[f"bn{s.layer}.running_var"][i].lerp_(s.var, m)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, batch: TaskBatch) -> EvalResult:
+        """Adapt to each task with `inner.eval_steps` first-order steps and score its target set.
+        Batch norm uses the config's `bn.eval_stats`; running statistics are not changed."""
+        batch = batch.to(self.device, self.dtype)
+        tasks = batch.num_tasks
+        shared = {k: v.detach() for k, v in self.params.items()}
+        forward = functools.partial(
+            _call_forward, model.forward_tasks, shared, self.running, self.spec,
+            self.config.bn.eval_stats, None,
+        )  # fmt: skip
+        with torch.enable_grad():
+            fast = {
+                k: shared[k].expand(tasks, *shared[k].shape).clone().requires_grad_()
+                for k in self.adapted_names
+            }
+            result = inner_loop(
+                forward,
+                fast,
+                (batch.support_x, batch.support_y),
+                (batch.target_x, batch.target_y),
+                self._inner_rates(detach=True),
+                self.config.inner.eval_steps,
+                second_order=False,
+                target_steps=set(),
+            )
+        assert result.final_logits is not None
+        logits = result.final_logits.detach()
+        loss, acc = result.target_losses[-1], result.target_accuracies[-1]
+        assert loss is not None and acc is not None
+        return EvalResult(loss.detach().cpu(), acc.cpu(), torch.softmax(logits, -1).cpu())
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "meta_parameters": {k: v.detach().cpu().clone() for k, v in self.meta_parameters().items()},
+            "running_stats": {k: v.cpu().clone() for k, v in self.running.items()},
+            # deep copy: the optimizer's own dict aliases its live moment tensors
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "config": self.config.to_dict(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        meta = self.meta_parameters()
+        missing = set(meta) ^ set(state["meta_parameters"])
+        if missing:
+            raise ValueError(f"checkpoint does not match this config: parameters {sorted(missing)}")
+        for k, v in state["meta_parameters"].items():
+            meta[k].copy_(v)
+        for k, v in state["running_stats"].items():
+            self.running[k].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _choose_engine(config: Config, device: torch.device) -> str:
+    if config.engine != "auto":
+        return config.engine
+    # Measured (benchmarks/RESULTS.md): the folded engine is the faster one on both devices.
+    return "folded"
+
+
+def _call_forward(
+    forward: Any, shared: Any, running: Any, spec: Any, mode: Any, stats: Any,
+    fast: Any, x: Tensor, step: int,
+) -> Tensor:  # fmt: skip
+    return forward(fast, shared, running, x, step, spec, mode, stats)
+
+
+def _weighted(result: InnerLoopResult, weights: list[float]) -> Tensor:
+    """sum_i v_i * L_i over the steps with nonzero weight (per task)."""
+    terms = [
+        w * loss
+        for w, loss in zip(weights, result.target_losses, strict=True)
+        if w > 0 and loss is not None
+    ]
+    return torch.stack(terms).sum(0)
+
+
+def _mean_per_step(results: list[InnerLoopResult], attr: str) -> list[float | None]:
+    per_step: list[float | None] = []
+    for i in range(len(getattr(results[0], attr))):
+        values = [getattr(r, attr)[i] for r in results]
+        if values[0] is None:
+            per_step.append(None)
+        else:
+            per_step.append(float(torch.stack([v.detach().double().mean() for v in values]).mean()))
+    return per_step
+
+
+def _average_stats(per_task: list[list[model.BatchNormStats]]) -> list[model.BatchNormStats]:
+    """Average the i-th forward pass's statistics over the tasks (as the folded engine does)."""
+    return [
+        model.BatchNormStats(
+            group[0].layer,
+            group[0].step,
+            torch.stack([s.mean for s in group]).mean(0),
+            torch.stack([s.var for s in group]).mean(0),
+        )
+        for group in zip(*per_task, strict=True)
+    ]
+
+
+@torch.no_grad()
+def _gradient_statistics(meta: dict[str, Tensor]) -> dict[str, dict[str, float]]:
+    """{name: {max, min, mean, norm}} of |grad|, read back to the host in one transfer."""
+    names = [k for k, p in meta.items() if p.grad is not None]
+    if not names:
+        return {}
+    rows = []
+    for k in names:
+        g = meta[k].grad.detach().abs()  # type: ignore[union-attr]
+        rows.append(torch.stack([g.max(), g.min(), g.mean(), g.norm()]))
+    values = torch.stack(rows).double().cpu().tolist()
+    return {k: dict(zip(GRAD_STATS, v, strict=True)) for k, v in zip(names, values, strict=True)}

@@ -1,0 +1,237 @@
+"""The 4-stage conv net of MAML/MAML++ as pure functions of (parameters, batch-norm state, step, x).
+
+Parameters are a name -> tensor mapping. Adapted in the inner loop (the "fast weights"):
+``conv<i>.weight``, ``conv<i>.bias``, ``linear.weight``, ``linear.bias``. Learned only in the
+outer loop: the batch-norm scale/shift ``bn<i>.weight``/``bn<i>.bias`` of shape
+[sets, filters], one set per inner step with BNWB or a single shared set without. Running
+statistics ``bn<i>.running_mean``/``running_var`` have the same [sets, filters] layout (BNRS).
+
+Two forwards compute the same function:
+- ``forward_task``: one task, plain conv2d/linear; the reference.
+- ``forward_tasks``: B tasks at once. Each task's fast weights carry a leading task dimension;
+  the tasks are folded into the channel dimension ([n, B*C, H, W]) so every conv is ONE grouped
+  convolution (groups=B), batch norm over the folded channels gives each task its own batch
+  statistics, and the head is one batched matmul. Few, large kernels: this is what makes the
+  engine fast on a GPU, and it keeps second-order gradients intact (plain autograd, no vmap).
+
+Batch statistics are computed functionally and *returned* (``BatchNormStats``), never written
+into buffers inside the forward; the learner applies them to the running statistics afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mamlpp.config import Config
+
+Params = Mapping[str, Tensor]
+BNMode = Literal["batch", "running"]
+LEAKY_SLOPE = 0.01
+BN_EPS = 1e-5
+# Channels-last activations: on the CPU, max-pooling and batch norm of these small images run
+# 4-10x faster than in the default layout (measured: benchmarks/RESULTS.md); convs are unaffected.
+CHANNELS_LAST = torch.channels_last
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """The shapes of the network, derived from a config."""
+
+    in_channels: int
+    image_size: int
+    filters: int
+    stages: int
+    n_way: int
+    downsample: str
+    activation: str
+    affine_sets: int
+    stat_sets: int
+
+    @classmethod
+    def from_config(cls, c: Config) -> NetSpec:
+        return cls(
+            in_channels=c.in_channels,
+            image_size=c.image_size,
+            filters=c.model.filters,
+            stages=c.model.stages,
+            n_way=c.data.n_way,
+            downsample=c.model.downsample,
+            activation=c.model.activation,
+            affine_sets=c.bn_sets if c.bn.per_step_affine else 1,
+            stat_sets=c.bn_sets if c.bn.per_step_stats else 1,
+        )
+
+    @property
+    def feature_size(self) -> int:
+        side = self.image_size
+        for _ in range(self.stages):
+            # 3x3 conv, padding 1: stride 2 gives ceil(side/2); max/avg pool 2x2 gives floor.
+            side = math.ceil(side / 2) if self.downsample == "stride" else side // 2
+        return self.filters * side * side
+
+    @property
+    def adapted_names(self) -> list[str]:
+        names = [f"conv{i}.{k}" for i in range(self.stages) for k in ("weight", "bias")]
+        return names + ["linear.weight", "linear.bias"]
+
+
+class BatchNormStats(NamedTuple):
+    """Batch statistics of one forward pass at one BN layer, averaged over the tasks."""
+
+    layer: int
+    step: int
+    mean: Tensor
+    var: Tensor  # unbiased, as torch's running-variance update uses
+
+
+def init_params(spec: NetSpec, generator: torch.Generator) -> dict[str, Tensor]:
+    """Xavier-uniform conv/linear weights, zero biases; BN scale 1, shift 0."""
+    params: dict[str, Tensor] = {}
+    channels = spec.in_channels
+    for i in range(spec.stages):
+        w = torch.empty(spec.filters, channels, 3, 3)
+        torch.nn.init.xavier_uniform_(w, generator=generator)
+        params[f"conv{i}.weight"] = w
+        params[f"conv{i}.bias"] = torch.zeros(spec.filters)
+        params[f"bn{i}.weight"] = torch.ones(spec.affine_sets, spec.filters)
+        params[f"bn{i}.bias"] = torch.zeros(spec.affine_sets, spec.filters)
+        channels = spec.filters
+    w = torch.empty(spec.n_way, spec.feature_size)
+    torch.nn.init.xavier_uniform_(w, generator=generator)
+    params["linear.weight"] = w
+    params["linear.bias"] = torch.zeros(spec.n_way)
+    return params
+
+
+def init_running_stats(spec: NetSpec) -> dict[str, Tensor]:
+    stats: dict[str, Tensor] = {}
+    for i in range(spec.stages):
+        stats[f"bn{i}.running_mean"] = torch.zeros(spec.stat_sets, spec.filters)
+        stats[f"bn{i}.running_var"] = torch.ones(spec.stat_sets, spec.filters)
+    return stats
+
+
+def _activate(h: Tensor, spec: NetSpec) -> Tensor:
+    return F.leaky_relu(h, LEAKY_SLOPE) if spec.activation == "leaky_relu" else F.softplus(h)
+
+
+def _activate_and_downsample(h: Tensor, spec: NetSpec) -> Tensor:
+    """activation then downsampling. Max-pooling commutes with an increasing activation, so it
+    runs first and the activation (and its first and second derivatives) touch 4x fewer values."""
+    if spec.downsample == "max_pool":
+        return _activate(F.max_pool2d(h, 2), spec)
+    if spec.downsample == "avg_pool":
+        return F.avg_pool2d(_activate(h, spec), 2)
+    return _activate(h, spec)  # "stride": the conv already halved the resolution
+
+
+def _batch_norm(
+    h: Tensor,
+    layer: int,
+    step: int,
+    tasks: int,
+    params: Params,
+    running: Params,
+    spec: NetSpec,
+    mode: BNMode,
+    stats_out: list[BatchNormStats] | None,
+) -> Tensor:
+    a = min(step, spec.affine_sets - 1)
+    weight = params[f"bn{layer}.weight"][a].repeat(tasks)
+    bias = params[f"bn{layer}.bias"][a].repeat(tasks)
+    if mode == "running":
+        s = min(step, spec.stat_sets - 1)
+        mean = running[f"bn{layer}.running_mean"][s].repeat(tasks)
+        var = running[f"bn{layer}.running_var"][s].repeat(tasks)
+        return F.batch_norm(h, mean, var, weight, bias, training=False, eps=BN_EPS)
+    out, mean, var = _batch_norm_train(h, weight, bias)
+    if stats_out is not None:
+        count = h.numel() // h.shape[1]
+        unbiased = var.detach() * (count / max(count - 1, 1))
+        stats_out.append(
+            BatchNormStats(layer, step, mean.detach().view(tasks, -1).mean(0), unbiased.view(tasks, -1).mean(0))
+        )
+    return out
+
+
+def _batch_norm_train(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch norm with batch statistics, written out in elementary ops on the channels-last
+    [n*H*W, C] view. Why not F.batch_norm: its second derivative (needed for second-order
+    MAML) ran 3-5x slower on the CPU than autograd through these ops (benchmarks/RESULTS.md).
+    Returns the output, the batch mean and the biased batch variance per channel."""
+    n, c, height, width = h.shape
+    rows = h.permute(0, 2, 3, 1).reshape(-1, c)
+    var, mean = torch.var_mean(rows, dim=0, unbiased=False)
+    out = (rows - mean) * (torch.rsqrt(var + BN_EPS) * weight) + bias
+    return out.view(n, height, width, c).permute(0, 3, 1, 2), mean, var
+
+
+def forward_tasks(
+    fast: Params,
+    shared: Params,
+    running: Params,
+    x: Tensor,
+    step: int,
+    spec: NetSpec,
+    mode: BNMode = "batch",
+    stats_out: list[BatchNormStats] | None = None,
+) -> Tensor:
+    """Logits [B, n, N] of B tasks. `fast` holds task-batched adapted weights (leading dim B),
+    `shared` the BN scale/shift, `x` is [B, n, C, H, W]."""
+    tasks, n = x.shape[:2]
+    h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
+    h = h.contiguous(memory_format=CHANNELS_LAST)
+    stride = 2 if spec.downsample == "stride" else 1
+    for i in range(spec.stages):
+        w = fast[f"conv{i}.weight"]
+        h = F.conv2d(
+            h,
+            w.reshape(-1, *w.shape[2:]),
+            fast[f"conv{i}.bias"].reshape(-1),
+            stride=stride,
+            padding=1,
+            groups=tasks,
+        )
+        h = _batch_norm(h, i, step, tasks, shared, running, spec, mode, stats_out)
+        h = _activate_and_downsample(h, spec)
+    features = h.reshape(n, tasks, -1).transpose(0, 1)  # [B, n, F], per-task flatten order
+    weight, bias = fast["linear.weight"], fast["linear.bias"]
+    return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
+
+
+def forward_task(
+    fast: Params,
+    shared: Params,
+    running: Params,
+    x: Tensor,
+    step: int,
+    spec: NetSpec,
+    mode: BNMode = "batch",
+    stats_out: list[BatchNormStats] | None = None,
+) -> Tensor:
+    """Logits [n, N] of one task: unbatched weights, `x` is [n, C, H, W]."""
+    stride = 2 if spec.downsample == "stride" else 1
+    h = x.contiguous(memory_format=CHANNELS_LAST)
+    for i in range(spec.stages):
+        h = F.conv2d(h, fast[f"conv{i}.weight"], fast[f"conv{i}.bias"], stride=stride, padding=1)
+        h = _batch_norm(h, i, step, 1, shared, running, spec, mode, stats_out)
+        h = _activate_and_downsample(h, spec)
+    return F.linear(h.flatten(1), fast["linear.weight"], fast["linear.bias"])
+
+
+def conv_flops_per_image(spec: NetSpec) -> float:
+    """Multiply-adds x2 of one forward pass of one image (convs and the head; BN etc. ignored)."""
+    flops, side, channels = 0.0, spec.image_size, spec.in_channels
+    for _ in range(spec.stages):
+        out_side = math.ceil(side / 2) if spec.downsample == "stride" else side
+        flops += 2 * 9 * channels * spec.filters * out_side * out_side
+        side = out_side if spec.downsample == "stride" else out_side // 2
+        channels = spec.filters
+    return flops + 2 * spec.feature_size * spec.n_way

@@ -1,0 +1,39 @@
+"""Per-epoch schedules: MSL step weights, derivative order (DA), cosine meta learning rate."""
+
+from __future__ import annotations
+
+import math
+
+from mamlpp.config import Config
+
+
+def msl_weights(steps: int, epoch: int, annealing_epochs: int, enabled: bool) -> list[float]:
+    """Importance weights v_0..v_{K-1} of the per-step target losses (DESIGN.md section 2).
+
+    Start uniform (1/K); the first K-1 decay linearly to a floor of 0.03/K while the last grows
+    to 1 - (K-1)*0.03/K; from `annealing_epochs` on (or without MSL) only the last step counts.
+    """
+    k, e, big_e = steps, epoch, annealing_epochs
+    if not enabled or e >= big_e:
+        return [0.0] * (k - 1) + [1.0]
+    early = max(1.0 / k - e / (k * big_e), 0.03 / k)
+    last = min(1.0 / k + e * (k - 1) / (k * big_e), 1.0 - (k - 1) * 0.03 / k)
+    return [early] * (k - 1) + [last]
+
+
+def use_second_order(config: Config, epoch: int) -> bool:
+    """DA: 'annealed' trains first order for `first_order_epochs` epochs, then second order."""
+    order = config.inner.order
+    if order == "annealed":
+        return epoch >= config.inner.first_order_epochs
+    return order == "second"
+
+
+def meta_lr(config: Config, epoch: int) -> float:
+    """CA: cosine from `outer.lr` to `outer.min_lr` over the run, stepped once per epoch
+    (torch's CosineAnnealingLR with T_max = epochs, as the original code steps it)."""
+    o = config.outer
+    if not o.cosine:
+        return o.lr
+    progress = min(epoch, config.schedule.epochs) / config.schedule.epochs
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,318 @@
+"""The engine against independent computations: finite differences, a per-task loop, hand-worked
+MSL weights, hand-written first-order references."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mamlpp import model, schedules
+from mamlpp.batch import TaskBatch
+from mamlpp.config import Config
+from mamlpp.inner_loop import task_loss
+from mamlpp.learner import MetaLearner
+from mamlpp.presets import synthetic_config
+
+
+def random_batch(c: Config, tasks: int, seed: int = 0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    n, k, q = c.data.n_way, c.data.k_shot, c.data.target_per_class
+    shape = (c.in_channels, c.image_size, c.image_size)
+    return TaskBatch(
+        torch.rand(tasks, n * k, *shape, generator=g),
+        torch.arange(n).repeat_interleave(k).repeat(tasks, 1),
+        torch.rand(tasks, n * q, *shape, generator=g),
+        torch.arange(n).repeat_interleave(q).repeat(tasks, 1),
+    )
+
+
+def smooth_config(**changes: object) -> Config:
+    """A tiny MAML++ net with every component on, made smooth (softplus, average pooling) so
+    that finite differences are meaningful (ReLU/max-pool make the meta loss piecewise)."""
+    c = synthetic_config()
+    c = replace(
+        c,
+        data=replace(c.data, n_way=3, k_shot=1, target_per_class=2),
+        model=replace(c.model, filters=3, activation="softplus", downsample="avg_pool"),
+        inner=replace(c.inner, steps=2, eval_steps=2, lslr=True, order="second"),
+        outer=replace(c.outer, msl=True, msl_epochs=10, meta_batch_size=2),
+    )
+    return replace(c, **changes)  # type: ignore[arg-type]
+
+
+def meta_gradients(learner: MetaLearner, batch: TaskBatch, epoch: int) -> dict[str, torch.Tensor]:
+    meta = learner.meta_parameters()
+    loss = learner.meta_loss(batch, epoch).loss
+    grads = torch.autograd.grad(loss, list(meta.values()), allow_unused=True)
+    return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(meta.items(), grads)}
+
+
+# ---------------------------------------------------------------- second order vs finite diffs
+
+
+def test_second_order_gradients_match_central_finite_differences() -> None:
+    c = smooth_config()
+    learner = MetaLearner(c, dtype=torch.float64)
+    batch = random_batch(c, 2)
+    grads = meta_gradients(learner, batch, epoch=1)
+    gen = torch.Generator().manual_seed(1)
+    checked = set()
+    for name, p in learner.meta_parameters().items():
+        if name.startswith("conv") and name.endswith(".bias"):
+            continue  # feeds straight into batch norm: true gradient 0, only rounding noise
+        for _ in range(2):
+            i = int(torch.randint(p.numel(), (1,), generator=gen))
+            numeric = _central_difference(learner, batch, p, i, eps=1e-6)
+            analytic = grads[name].flatten()[i].item()
+            assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8), name
+        checked.add(name.split(".")[0])
+    assert {"conv0", "bn0", "linear", "lslr"} <= checked
+
+
+@torch.no_grad()
+def _central_difference(
+    learner: MetaLearner, batch: TaskBatch, p: torch.Tensor, i: int, eps: float
+) -> float:
+    flat = p.view(-1)
+    old = flat[i].item()
+    values = []
+    for delta in (eps, -eps):
+        flat[i] = old + delta
+        with torch.enable_grad():
+            values.append(learner.meta_loss(batch, epoch=1).loss.item())
+    flat[i] = old
+    return (values[0] - values[1]) / (2 * eps)
+
+
+# ---------------------------------------------------------------- first order and DA
+
+
+def _first_order_reference(learner: MetaLearner, batch: TaskBatch, epoch: int) -> dict[str, torch.Tensor]:
+    """Hand-written MAML with detached inner gradients, one task at a time."""
+    c, spec = learner.config, learner.spec
+    weights = learner.msl_weights(epoch)
+    meta = learner.meta_parameters()
+    total = torch.zeros((), dtype=torch.float64)
+    for b in range(batch.num_tasks):
+        fast = {k: learner.params[k] for k in learner.adapted_names}
+        for step in range(c.inner.steps):
+            logits = model.forward_task(fast, learner.params, learner.running, batch.support_x[b].double(), step, spec)
+            loss = task_loss(logits, batch.support_y[b])
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+            fast = {
+                k: w - learner.rates[k][step] * g.detach()
+                for (k, w), g in zip(fast.items(), grads)
+            }
+            target = model.forward_task(fast, learner.params, learner.running, batch.target_x[b].double(), step, spec)
+            total = total + weights[step] * task_loss(target, batch.target_y[b])
+    grads = torch.autograd.grad(total / batch.num_tasks, list(meta.values()), allow_unused=True)
+    return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(meta.items(), grads)}
+
+
+def test_first_order_equals_second_order_with_detached_inner_gradients() -> None:
+    c = smooth_config(inner=replace(smooth_config().inner, order="first"))
+    learner = MetaLearner(c, dtype=torch.float64)
+    batch = random_batch(c, 2)
+    ours = meta_gradients(learner, batch, epoch=0)
+    reference = _first_order_reference(learner, batch, epoch=0)
+    for k in ours:
+        torch.testing.assert_close(ours[k], reference[k], rtol=1e-9, atol=1e-12, msg=k)
+    second = MetaLearner(replace(c, inner=replace(c.inner, order="second")), dtype=torch.float64)
+    exact = meta_gradients(second, batch, epoch=0)
+    gap = (exact["conv1.weight"] - ours["conv1.weight"]).norm() / exact["conv1.weight"].norm()
+    assert gap > 1e-2, "first- and second-order meta-gradients should differ"
+
+
+def test_derivative_order_annealing_switches_at_the_configured_epoch() -> None:
+    base = smooth_config()
+    c = replace(base, inner=replace(base.inner, order="annealed", first_order_epochs=3))
+    assert [schedules.use_second_order(c, e) for e in range(5)] == [False, False, False, True, True]
+    batch = random_batch(c, 2)
+    learner = MetaLearner(c, dtype=torch.float64)
+    first = MetaLearner(replace(c, inner=replace(c.inner, order="first")), dtype=torch.float64)
+    second = MetaLearner(replace(c, inner=replace(c.inner, order="second")), dtype=torch.float64)
+    # MSL weights differ by epoch; compare like with like at the two epochs around the switch.
+    for epoch, twin in ((2, first), (3, second)):
+        ours, theirs = meta_gradients(learner, batch, epoch), meta_gradients(twin, batch, epoch)
+        assert learner.meta_loss(batch, epoch).second_order == (epoch >= 3)
+        for k in ours:
+            torch.testing.assert_close(ours[k], theirs[k], rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------- vectorised vs loop
+
+
+@pytest.mark.parametrize("downsample", ["max_pool", "stride"])
+def test_folded_tasks_agree_with_the_per_task_loop(downsample: str) -> None:
+    base = synthetic_config()
+    c = replace(base, model=replace(base.model, downsample=downsample))
+    batch = random_batch(c, 3)
+    learners = {e: MetaLearner(replace(c, engine=e), dtype=torch.float64) for e in ("folded", "loop")}
+    results = {e: learners[e].meta_loss(batch, epoch=0) for e in learners}
+    assert results["folded"].loss.item() == pytest.approx(results["loop"].loss.item(), abs=1e-12)
+    grads = {e: meta_gradients(learners[e], batch, 0) for e in learners}
+    for k in grads["loop"]:
+        torch.testing.assert_close(grads["folded"][k], grads["loop"][k], rtol=0, atol=1e-10, msg=k)
+    for e in learners:
+        learners[e].train_step(batch, epoch=0)
+    for k in learners["loop"].running:
+        torch.testing.assert_close(
+            learners["folded"].running[k], learners["loop"].running[k], rtol=0, atol=1e-10
+        )
+    ev = {e: learners[e].evaluate(batch) for e in learners}
+    torch.testing.assert_close(ev["folded"].probs, ev["loop"].probs, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------- MSL weights
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [
+        (0, [0.2, 0.2, 0.2, 0.2, 0.2]),
+        (1, [0.18, 0.18, 0.18, 0.18, 0.28]),
+        (5, [0.1, 0.1, 0.1, 0.1, 0.6]),
+        (9, [0.02, 0.02, 0.02, 0.02, 0.92]),
+        (10, [0, 0, 0, 0, 1]),
+        (20, [0, 0, 0, 0, 1]),
+    ],
+)
+def test_msl_weights_follow_the_formula(epoch: int, expected: list[float]) -> None:
+    w = schedules.msl_weights(5, epoch, 10, enabled=True)
+    assert w == pytest.approx(expected, abs=1e-12)
+    assert sum(w) == pytest.approx(1.0)
+
+
+def test_msl_weights_floor_and_cap_and_off() -> None:
+    # K=5, E=100, epoch 99: the linear decay (0.002) is below the floor 0.03/5 = 0.006 and the
+    # last weight (0.992) above its cap 1 - 4*0.006 = 0.976.
+    assert schedules.msl_weights(5, 99, 100, True) == pytest.approx([0.006] * 4 + [0.976])
+    assert schedules.msl_weights(5, 0, 10, enabled=False) == [0, 0, 0, 0, 1]
+
+
+def test_msl_skips_steps_with_zero_weight() -> None:
+    c = smooth_config()
+    learner = MetaLearner(c, dtype=torch.float64)
+    batch = random_batch(c, 2)
+    assert None not in learner.meta_loss(batch, epoch=0).step_losses
+    assert learner.meta_loss(batch, epoch=10).step_losses[0] is None
+
+
+# ---------------------------------------------------------------- batch norm
+
+
+def test_per_step_running_statistics_differ_and_step_i_uses_set_i() -> None:
+    c = synthetic_config()
+    assert c.bn.per_step_stats and c.bn_sets == 2
+    learner = MetaLearner(c, dtype=torch.float64)
+    batch = random_batch(c, 2)
+    for _ in range(3):
+        learner.train_step(batch, epoch=0)
+    rm = learner.running["bn1.running_mean"]
+    assert not torch.allclose(rm[0], rm[1])
+    x, spec = batch.support_x.double(), learner.spec
+    fast = {k: v.detach().expand(2, *v.shape) for k, v in learner.params.items() if k in learner.adapted_names}
+    out = model.forward_tasks(fast, learner.params, learner.running, x, 1, spec, mode="running")
+    # Move set 1 to slot 0 (running stats, and BNWB's scale/shift, which step i also indexes).
+    swapped = {k: v.flip(0) for k, v in learner.running.items()}
+    affine = {k: v.flip(0) if k.startswith("bn") else v for k, v in learner.params.items()}
+    same_set = model.forward_tasks(fast, affine, swapped, x, 0, spec, mode="running")
+    other_set = model.forward_tasks(fast, affine, swapped, x, 1, spec, mode="running")
+    torch.testing.assert_close(out, same_set)
+    assert not torch.allclose(out, other_set)
+
+
+def test_evaluation_with_batch_or_running_statistics_differs() -> None:
+    c = synthetic_config()
+    batch = random_batch(c, 2)
+    learner = MetaLearner(c, dtype=torch.float64)
+    for _ in range(2):
+        learner.train_step(batch, epoch=0)
+    before = {k: v.clone() for k, v in learner.running.items()}
+    transductive = learner.evaluate(batch).probs
+    learner.config = replace(c, bn=replace(c.bn, eval_stats="running"))
+    inductive = learner.evaluate(batch).probs
+    assert (transductive - inductive).abs().max() > 1e-3
+    for k in before:  # evaluation never changes the running statistics
+        torch.testing.assert_close(learner.running[k], before[k], rtol=0, atol=0)
+
+
+def test_per_step_affine_has_one_pair_per_step_and_shared_otherwise() -> None:
+    c = synthetic_config()
+    assert MetaLearner(c).params["bn0.weight"].shape == (c.bn_sets, c.model.filters)
+    off = replace(c, bn=replace(c.bn, per_step_affine=False))
+    assert MetaLearner(off).params["bn0.weight"].shape == (1, c.model.filters)
+
+
+# ---------------------------------------------------------------- LSLR
+
+
+def test_lslr_starts_at_alpha_receives_gradients_and_may_go_negative() -> None:
+    c = synthetic_config()
+    learner = MetaLearner(c, dtype=torch.float64)
+    assert all(r == [c.inner.lr] * c.bn_sets for r in learner.lslr_rates().values())
+    batch = random_batch(c, 2)
+    grads = meta_gradients(learner, batch, epoch=0)
+    assert all(grads[f"lslr.{k}"][0].abs() > 0 for k in learner.adapted_names)
+    with torch.no_grad():
+        for r in learner.rates.values():
+            r.fill_(1e-4)
+    learner.optimizer.param_groups[0]["lr"] = 0.01
+    c2 = replace(c, outer=replace(c.outer, lr=0.01, cosine=False))
+    learner.config = c2
+    learner.train_step(batch, epoch=0)
+    rates = torch.cat([r.detach() for r in learner.rates.values()])
+    assert (rates < 0).any(), "an Adam step of 0.01 from 1e-4 must be allowed below zero"
+
+
+def test_without_lslr_the_inner_rate_is_the_fixed_alpha() -> None:
+    base = synthetic_config()
+    c = replace(base, inner=replace(base.inner, lslr=False, lr=0.37, steps=1, eval_steps=1))
+    learner = MetaLearner(c, dtype=torch.float64)
+    assert not any(k.startswith("lslr.") for k in learner.meta_parameters())
+    assert learner.lslr_rates()["conv0.weight"] == [0.37]
+    batch = random_batch(c, 1)
+    # One inner step by hand: theta - 0.37 * grad, then the target probabilities.
+    theta = {k: learner.params[k].detach().requires_grad_() for k in learner.adapted_names}
+    loss = task_loss(model.forward_task(theta, learner.params, learner.running, batch.support_x[0].double(), 0, learner.spec), batch.support_y[0])
+    grads = torch.autograd.grad(loss, list(theta.values()))
+    fast = {k: v - 0.37 * g for (k, v), g in zip(theta.items(), grads)}
+    logits = model.forward_task(fast, learner.params, learner.running, batch.target_x[0].double(), 0, learner.spec)
+    torch.testing.assert_close(learner.evaluate(batch).probs[0], torch.softmax(logits, -1).detach())
+
+
+# ---------------------------------------------------------------- optimiser, state, learning
+
+
+def test_cosine_meta_lr_and_gradient_clipping() -> None:
+    c = synthetic_config()
+    c = replace(c, schedule=replace(c.schedule, epochs=10), outer=replace(c.outer, grad_clip=1e-3))
+    learner = MetaLearner(c, dtype=torch.float64)
+    assert learner.meta_lr(0) == pytest.approx(1e-3)
+    assert learner.meta_lr(5) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))
+    assert learner.meta_lr(10) == pytest.approx(1e-5)
+    stats = learner.train_step(random_batch(c, 2), epoch=0).grad_stats
+    assert max(s["max"] for s in stats.values()) <= 1e-3 + 1e-15
+    flat = replace(c, outer=replace(c.outer, cosine=False))
+    assert MetaLearner(flat).meta_lr(5) == pytest.approx(1e-3)
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    c = synthetic_config()
+    batch = random_batch(c, 2)
+    a = MetaLearner(c, dtype=torch.float64)
+    a.train_step(batch, 0)
+    b = MetaLearner(replace(c, seed=99), dtype=torch.float64)
+    b.load_state_dict(a.state_dict())
+    assert a.train_step(batch, 1).loss == b.train_step(batch, 1).loss
+    for k, v in a.meta_parameters().items():
+        torch.testing.assert_close(v, b.meta_parameters()[k], rtol=0, atol=0)
+
+
+def test_seeds_give_different_initialisations() -> None:
+    c = synthetic_config()
+    a, b = MetaLearner(c), MetaLearner(replace(c, seed=1))
+    assert not torch.equal(a.params["conv1.weight"], b.params["conv1.weight"])
+    torch.testing.assert_close(a.params["conv1.weight"], MetaLearner(c).params["conv1.weight"])
