@@ -98,3 +98,28 @@ def test_experiment_lookup_by_name_or_module_and_clear_errors() -> None:
     ]
     with pytest.raises(MamlppError, match="not rows of experiment table1"):
         e.grid(("stability_maml",))
+
+
+def test_cost_projection_formula_and_closest_measured_preset() -> None:
+    from experiments.cost import Measurement, closest, run_seconds
+
+    m = Measurement("omniglot_20way_1shot_mamlpp", s_iter=0.1, s_val_task=0.01, device="x")
+    # 150 epochs x (500 x 0.1 s + 600 val tasks x 0.01 s) + top-5 x 600 test tasks x 0.01 s
+    assert run_seconds("omniglot_20way_1shot_mamlpp", m) == pytest.approx(150 * 56 + 30)
+    measured = {
+        name: m
+        for name in (
+            "miniimagenet_5way_1shot_mamlpp_1step",
+            "miniimagenet_5way_1shot_mamlpp",
+            "omniglot_5way_1shot_mamlpp",
+            "omniglot_20way_1shot_maml",
+            "stability_mamlpp",
+        )
+    }
+    assert (
+        closest("miniimagenet_5way_1shot_mamlpp_4step", measured)
+        == "miniimagenet_5way_1shot_mamlpp"
+    )
+    assert closest("stability_maml", measured) == "stability_mamlpp"
+    assert closest("omniglot_20way_1shot_maml_lslr", measured) == "omniglot_20way_1shot_maml"
+    assert closest("omniglot_5way_5shot_maml", {}) is None
