@@ -105,3 +105,15 @@ def test_omniglot_batch_pixels_are_binary(omniglot_config: Config, shared_data_r
     b = make_episodes(omniglot_config, "val", shared_data_root).batch(range(8))
     assert b.support_x.shape == (8, 20, 1, 28, 28)
     assert set(torch.unique(b.target_x).tolist()) == {0.0, 1.0}
+
+
+def test_batch_on_a_device_and_bad_indices() -> None:
+    from mamlpp.errors import DataError
+
+    sampler = make_episodes(_config(), "test")
+    b = sampler.batch([0, 1], device="cpu")
+    assert b.support_x.device.type == "cpu" and _same(b, sampler.batch([0, 1]))
+    with pytest.raises(DataError, match="negative"):
+        sampler.batch([-1])
+    with pytest.raises(DataError, match="at least one"):
+        sampler.batch([])

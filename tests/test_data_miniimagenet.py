@@ -94,3 +94,28 @@ def test_batches_are_scaled_and_normalised_with_imagenet_statistics(tmp_path: Pa
     expected = torch.from_numpy((raw - mean) / std).float()
     assert b.support_x.shape == (1, 3, 3, 84, 84)
     torch.testing.assert_close(b.support_x[0, 0], expected, rtol=0, atol=1e-5)
+
+
+def test_check_reports_the_fixture_and_that_it_is_not_the_papers_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from mamlpp.cli import main
+
+    monkeypatch.setenv("MAMLPP_CACHE", str(tmp_path / "fresh-cache"))  # same content, same key
+    write_format(tmp_path / "miniimagenet", "csv", fixture_images())
+    result = CliRunner().invoke(main, ["data", "check", "miniimagenet", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "format: csv" in result.output and "6 classes" in result.output
+    assert "64/16/20" in result.output and "not built" in result.output
+
+
+def test_missing_listed_image_is_named(tmp_path: Path) -> None:
+    from mamlpp.errors import DataError
+
+    folder = write_format(tmp_path / "miniimagenet", "csv", fixture_images())
+    gone = sorted((folder / "images").iterdir())[5]
+    gone.unlink()
+    with pytest.raises(DataError, match=f"image {gone} is listed but missing"):
+        load_splits("miniimagenet", tmp_path)

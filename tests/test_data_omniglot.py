@@ -76,3 +76,40 @@ def test_cache_is_reused_and_keyed_by_source(shared_data_root: Path) -> None:
     assert np.array_equal(sets1["val"].images, sets2["val"].images)
     key = omniglot.source_key(omniglot.find_source(shared_data_root))
     assert folder1 == cache_dir("omniglot", key)
+
+
+def _write_tiny_omniglot(folder: Path, as_zip: bool) -> None:
+    """6 characters x 2 drawings (3 per part), as zips or as extracted folders."""
+    rng = np.random.default_rng(0)
+    for p, part in enumerate(omniglot.PARTS):
+        members = {}
+        for c in range(3):
+            for d in range(2):
+                pixels = rng.random((105, 105)) < 0.9
+                buf = io.BytesIO()
+                Image.fromarray(pixels).convert("1").save(buf, format="PNG")
+                members[f"{part}/Alpha{p}/character{c + 1:02d}/{c + 1:04d}_{d + 1:02d}.png"] = buf.getvalue()
+        if as_zip:
+            folder.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(folder / f"{part}.zip", "w") as zf:
+                for name, data in members.items():
+                    zf.writestr(name, data)
+        else:
+            for name, data in members.items():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(data)
+
+
+def test_zips_and_extracted_folders_give_the_same_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(omniglot, "NUM_CLASSES", 6)
+    monkeypatch.setattr(omniglot, "IMAGES_PER_CLASS", 2)
+    monkeypatch.setattr(omniglot, "SPLIT_SIZES", {"train": 3, "val": 1, "test": 2})
+    _write_tiny_omniglot(tmp_path / "zips" / "omniglot", as_zip=True)
+    _write_tiny_omniglot(tmp_path / "folders" / "omniglot" / "omniglot-py", as_zip=False)  # torchvision layout
+    from_zip, zip_cache = omniglot.load(tmp_path / "zips")
+    from_folders, folder_cache = omniglot.load(tmp_path / "folders")
+    assert zip_cache != folder_cache  # different source files, different cache keys
+    assert {s: v.num_classes for s, v in from_zip.items()} == {"train": 3, "val": 1, "test": 2}
+    for split in from_zip:
+        assert from_zip[split].class_names == from_folders[split].class_names
+        np.testing.assert_array_equal(from_zip[split].images, from_folders[split].images)
