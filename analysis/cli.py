@@ -8,13 +8,28 @@ import click
 
 
 @click.command("report")
-@click.option("--runs-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder holding run directories (searched at any depth); the W&B cache with --from-wandb.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for index.html, tables/, charts/ and figures/ (e.g. reports/smoke).")
-@click.option("--from-wandb", "from_wandb", metavar="ENTITY/PROJECT", default=None,
-              help="First import every run of this W&B project into --runs-dir (cached).")
-@click.option("--notebook", is_flag=True, help="Also execute the seed-variance notebook and save it in --out.")
+@click.option(
+    "--runs-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder holding run directories (searched at any depth); the W&B cache with --from-wandb.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for index.html, tables/, charts/ and figures/ (e.g. reports/smoke).",
+)
+@click.option(
+    "--from-wandb",
+    "from_wandb",
+    metavar="ENTITY/PROJECT",
+    default=None,
+    help="First import every run of this W&B project into --runs-dir (cached).",
+)
+@click.option(
+    "--notebook", is_flag=True, help="Also execute the seed-variance notebook and save it in --out."
+)
 def report(runs_dir: Path, out: Path, from_wandb: str | None, notebook: bool) -> None:
     """Write the paper's tables, learning-rate charts, figures and an index page.
 
@@ -30,7 +45,9 @@ def report(runs_dir: Path, out: Path, from_wandb: str | None, notebook: bool) ->
 
         folders = import_wandb(from_wandb, runs_dir)
         click.echo(f"imported {len(folders)} W&B runs of {from_wandb} into {runs_dir}")
-    built = build_report(runs_dir, out, report_command(runs_dir, out, from_wandb, notebook), notebook=notebook)
+    built = build_report(
+        runs_dir, out, report_command(runs_dir, out, from_wandb, notebook), notebook=notebook
+    )
     click.echo(
         f"{len(built.runs)} runs -> {len(built.tables)} tables, {len(built.charts)} learning-rate charts, "
         f"{len(built.figures)} figures; open {built.index}"

@@ -17,7 +17,10 @@ from typing import Any
 from mamlpp.config import apply_scale
 from mamlpp.presets import get_preset
 
-ADAPTED = [f"conv{i}.{k}" for i in range(4) for k in ("weight", "bias")] + ["linear.weight", "linear.bias"]
+ADAPTED = [f"conv{i}.{k}" for i in range(4) for k in ("weight", "bias")] + [
+    "linear.weight",
+    "linear.bias",
+]
 META_EXTRA = ["bn0.weight", "bn0.bias"]
 
 
@@ -39,7 +42,11 @@ def write_run(
     iterations_per_epoch: int = 4,
 ) -> Path:
     """Write one run directory; ``test_accuracy=None`` leaves it unfinished (no test.json)."""
-    config = apply_scale(get_preset(preset).config, scale) if scale != "custom" else get_preset(preset).config
+    config = (
+        apply_scale(get_preset(preset).config, scale)
+        if scale != "custom"
+        else get_preset(preset).config
+    )
     cfg: dict[str, Any] = config.to_dict()
     cfg["seed"] = seed
     name = f"{preset}__default__seed{seed}__{scale}"
@@ -66,7 +73,10 @@ def write_run(
     )
     steps, alpha = cfg["inner"]["steps"], cfg["inner"]["lr"]
     lslr, msl = cfg["inner"]["lslr"], cfg["outer"]["msl"]
-    with open(path / "metrics.jsonl", "w") as f_metrics, open(path / "iterations.jsonl", "w") as f_iter:
+    with (
+        open(path / "metrics.jsonl", "w") as f_metrics,
+        open(path / "iterations.jsonl", "w") as f_iter,
+    ):
         for epoch, acc in enumerate(val_acc):
             row: dict[str, Any] = {
                 "epoch": epoch,
@@ -79,7 +89,9 @@ def write_run(
             for p, param in enumerate(ADAPTED):
                 for k in range(steps):
                     position = p * steps + k
-                    row[f"lslr/{param}/step{k}"] = example_rate(seed, epoch, position, alpha) if lslr else alpha
+                    row[f"lslr/{param}/step{k}"] = (
+                        example_rate(seed, epoch, position, alpha) if lslr else alpha
+                    )
             for k in range(steps):
                 row[f"msl/step{k}"] = (1.0 / steps) if msl else float(k == steps - 1)
             for p, param in enumerate(ADAPTED + META_EXTRA):
@@ -94,7 +106,12 @@ def write_run(
             for i in range(iterations_per_epoch):
                 it = epoch * iterations_per_epoch + i
                 loss = 3.0 / (1 + it) + (0.5 * (it % 3) if not msl else 0.0) + 0.01 * seed
-                f_iter.write(json.dumps({"iteration": it, "epoch": epoch, "train/loss": loss, "train/acc": 0.5}) + "\n")
+                f_iter.write(
+                    json.dumps(
+                        {"iteration": it, "epoch": epoch, "train/loss": loss, "train/acc": 0.5}
+                    )
+                    + "\n"
+                )
     if test_accuracy is not None:
         (path / "test.json").write_text(
             json.dumps(
@@ -139,7 +156,14 @@ def write_example_runs(root: str | Path, scale: str = "smoke") -> list[Path]:
         for seed, acc in by_seed.items()
     ]
     paths.append(
-        write_run(root, "omniglot_20way_1shot_maml", 3, scale=scale, val_acc=(0.5, 0.6), test_accuracy=None)
+        write_run(
+            root,
+            "omniglot_20way_1shot_maml",
+            3,
+            scale=scale,
+            val_acc=(0.5, 0.6),
+            test_accuracy=None,
+        )
     )
     return paths
 

@@ -46,20 +46,36 @@ def stability_figure(runs: list[Run], scale: str) -> Figure | None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = dict(STABILITY_COLOURS)
-    for i, ((variant, seed), g) in enumerate(sorted(frame.groupby(["variant", "seed"]), key=lambda kv: kv[0])):
+    for i, ((variant, seed), g) in enumerate(
+        sorted(frame.groupby(["variant", "seed"]), key=lambda kv: kv[0])
+    ):
         colour = colours.setdefault(variant, f"C{i % 10}")
         g = g.sort_values("iteration")
-        ax.plot(g["iteration"], g["train/loss"], color=colour, linestyle=LINESTYLES[seed % 4], lw=1, alpha=0.85, label=f"{variant}, seed {seed}")
+        ax.plot(
+            g["iteration"],
+            g["train/loss"],
+            color=colour,
+            linestyle=LINESTYLES[seed % 4],
+            lw=1,
+            alpha=0.85,
+            label=f"{variant}, seed {seed}",
+        )
     ax.set_xlabel("outer iteration")
     ax.set_ylabel("training loss (target set, after the inner steps)")
-    ax.set_title(f"Stability (Figure 2): stride-2 convs, MAML vs MAML++{_suffix(scale)}", fontsize=10)
+    ax.set_title(
+        f"Stability (Figure 2): stride-2 convs, MAML vs MAML++{_suffix(scale)}", fontsize=10
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
 
 def _grad_params(params: list[str]) -> list[str]:
-    weights = [p for p in params if (p.startswith("conv") or p.startswith("linear")) and p.endswith(".weight")]
+    weights = [
+        p
+        for p in params
+        if (p.startswith("conv") or p.startswith("linear")) and p.endswith(".weight")
+    ]
     return sorted(weights or params[:5], key=_param_order)
 
 
@@ -79,7 +95,13 @@ def _msl_pair(family: list[Run]) -> list[Run]:
 
 def _family(r: Run) -> tuple[str, ...]:
     data, model = r.config.get("data", {}), r.config.get("model", {})
-    return (str(data.get("dataset")), f"{data.get('n_way')}-way", f"{data.get('k_shot')}-shot", str(model.get("downsample")), r.scale)
+    return (
+        str(data.get("dataset")),
+        f"{data.get('n_way')}-way",
+        f"{data.get('k_shot')}-shot",
+        str(model.get("downsample")),
+        r.scale,
+    )
 
 
 def gradient_figures(runs: list[Run]) -> list[tuple[str, str, Figure]]:
@@ -97,7 +119,13 @@ def gradient_figures(runs: list[Run]) -> list[tuple[str, str, Figure]]:
         params = _grad_params(sorted(frame["param"].unique().tolist()))
         scale = family[-1]
         title = f"Meta-gradient |g| statistics, {' '.join(family[:3])} ({family[3]}): MSL off vs on{_suffix(scale)}"
-        fig, axes = plt.subplots(len(GRAD_STATS), len(params), figsize=(3.0 * len(params), 2.4 * len(GRAD_STATS)), squeeze=False, sharex=True)
+        fig, axes = plt.subplots(
+            len(GRAD_STATS),
+            len(params),
+            figsize=(3.0 * len(params), 2.4 * len(GRAD_STATS)),
+            squeeze=False,
+            sharex=True,
+        )
         colours: dict[str, str] = {}
         labelled: set[str] = set()
         for (variant, seed), g in sorted(frame.groupby(["variant", "seed"]), key=lambda kv: kv[0]):
@@ -110,7 +138,15 @@ def gradient_figures(runs: list[Run]) -> list[tuple[str, str, Figure]]:
                     if variant not in labelled:
                         label = f"{variant} ({'MSL' if msl else 'no MSL'})"
                         labelled.add(variant)
-                    axes[i][j].plot(s["epoch"], s["value"], color=colour, linestyle=LINESTYLES[seed % 4], lw=1, marker=".", label=label)
+                    axes[i][j].plot(
+                        s["epoch"],
+                        s["value"],
+                        color=colour,
+                        linestyle=LINESTYLES[seed % 4],
+                        lw=1,
+                        marker=".",
+                        label=label,
+                    )
         for i, stat in enumerate(GRAD_STATS):
             for j, param in enumerate(params):
                 ax = axes[i][j]
@@ -127,7 +163,14 @@ def gradient_figures(runs: list[Run]) -> list[tuple[str, str, Figure]]:
             h, lab = ax.get_legend_handles_labels()
             handles += h
             labels += lab
-        fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, bbox_to_anchor=(0.5, -0.04))
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=max(1, len(labels)),
+            fontsize=8,
+            bbox_to_anchor=(0.5, -0.04),
+        )
         fig.suptitle(title + "\n(one line per seed; line style = seed)", fontsize=10)
         fig.tight_layout()
         out.append(("gradients_" + "_".join(family).replace("-", ""), title, fig))

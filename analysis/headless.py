@@ -29,6 +29,7 @@ FLAGS = [
     "--disable-component-update",
     "--no-first-run",
     "--no-default-browser-check",
+    "--window-size=1280,1024",
     "--remote-debugging-pipe",
 ]
 
@@ -51,7 +52,9 @@ class Chromium:
     def __init__(self, binary: str | None = None, timeout: float = 60.0) -> None:
         binary = binary or find_chromium()
         if binary is None:
-            raise BrowserError("no Chromium found: install Debian's `chromium` or set MAMLPP_CHROMIUM")
+            raise BrowserError(
+                "no Chromium found: install Debian's `chromium` or set MAMLPP_CHROMIUM"
+            )
         self.timeout = timeout
         self.profile = tempfile.mkdtemp(prefix="mamlpp-chromium-")
         to_child_r, self._to_child = os.pipe()
@@ -80,7 +83,9 @@ class Chromium:
         self._reader.start()
         self.events: list[dict[str, Any]] = []
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
         for domain in ("Runtime", "Log", "Page"):
             self.send(f"{domain}.enable", session=True)
 
@@ -108,7 +113,9 @@ class Chromium:
                 else:
                     self._events.put(message)
 
-    def send(self, method: str, params: dict[str, Any] | None = None, session: bool = False) -> dict[str, Any]:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, session: bool = False
+    ) -> dict[str, Any]:
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session:
@@ -132,7 +139,11 @@ class Chromium:
         while True:
             left = deadline - time.monotonic()
             try:
-                event = self._events.get(timeout=max(left, 0.0)) if left > 0 else self._events.get_nowait()
+                event = (
+                    self._events.get(timeout=max(left, 0.0))
+                    if left > 0
+                    else self._events.get_nowait()
+                )
             except queue.Empty:
                 if until:
                     raise BrowserError(f"timed out waiting for {until}") from None
@@ -157,7 +168,9 @@ class Chromium:
             session=True,
         )
         if "exceptionDetails" in result:
-            raise BrowserError(f"JavaScript failed: {result['exceptionDetails'].get('text')} in {expression[:80]!r}")
+            raise BrowserError(
+                f"JavaScript failed: {result['exceptionDetails'].get('text')} in {expression[:80]!r}"
+            )
         return result["result"].get("value")
 
     def click(self, x: float, y: float) -> None:
@@ -174,10 +187,18 @@ class Chromium:
         for event in self.events:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                errors.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+                errors.append(
+                    "console: "
+                    + " ".join(
+                        str(a.get("value", a.get("description"))) for a in params.get("args", [])
+                    )
+                )
             elif method == "Runtime.exceptionThrown":
                 details = params.get("exceptionDetails", {})
-                errors.append("exception: " + str(details.get("exception", {}).get("description") or details.get("text")))
+                errors.append(
+                    "exception: "
+                    + str(details.get("exception", {}).get("description") or details.get("text"))
+                )
             elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
                 entry = params["entry"]
                 errors.append(f"log: {entry.get('text')} {entry.get('url', '')}".strip())

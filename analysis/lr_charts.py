@@ -30,7 +30,10 @@ CHART_DIV_ID = "lr-chart"
 
 
 def _clean(values: pd.Series) -> list[float | None]:
-    return [None if (v is None or (isinstance(v, float) and math.isnan(v))) else float(v) for v in values]
+    return [
+        None if (v is None or (isinstance(v, float) and math.isnan(v))) else float(v)
+        for v in values
+    ]
 
 
 def lr_chart(runs: list[Run], title: str) -> go.Figure:
@@ -45,7 +48,9 @@ def lr_chart(runs: list[Run], title: str) -> go.Figure:
     seeds = sorted(frame["run"].unique(), key=lambda name: by_run[name].seed)
 
     def rates(run_name: str, epoch: int) -> list[float | None]:
-        rows = frame[(frame["run"] == run_name) & (frame["epoch"] == epoch)].set_index("position")["rate"]
+        rows = frame[(frame["run"] == run_name) & (frame["epoch"] == epoch)].set_index("position")[
+            "rate"
+        ]
         return _clean(rows.reindex(range(len(labels))))
 
     opening: dict[str, int] = {}
@@ -68,10 +73,16 @@ def lr_chart(runs: list[Run], title: str) -> go.Figure:
             )
         )
     opening_title = _title(
-        title, "each seed at its best-validation epoch (" + ", ".join(f"seed {by_run[n].seed}: {opening[n]}" for n in seeds) + ")"
+        title,
+        "each seed at its best-validation epoch ("
+        + ", ".join(f"seed {by_run[n].seed}: {opening[n]}" for n in seeds)
+        + ")",
     )
     opening_args: list[dict[str, Any]] = [
-        {"y": [rates(n, opening[n]) for n in seeds], "name": [f"seed {by_run[n].seed} (best epoch {opening[n]})" for n in seeds]},
+        {
+            "y": [rates(n, opening[n]) for n in seeds],
+            "name": [f"seed {by_run[n].seed} (best epoch {opening[n]})" for n in seeds],
+        },
         {"title.text": opening_title},
     ]
     steps = [
@@ -79,7 +90,10 @@ def lr_chart(runs: list[Run], title: str) -> go.Figure:
             "label": str(e),
             "method": "update",
             "args": [
-                {"y": [rates(n, e) for n in seeds], "name": [f"seed {by_run[n].seed} (epoch {e})" for n in seeds]},
+                {
+                    "y": [rates(n, e) for n in seeds],
+                    "name": [f"seed {by_run[n].seed} (epoch {e})" for n in seeds],
+                },
                 {"title.text": _title(title, f"all seeds at epoch {e}")},
             ],
         }
@@ -90,7 +104,11 @@ def lr_chart(runs: list[Run], title: str) -> go.Figure:
     start = max(e for e, c in common if c == common[0][1])
     fig.update_layout(
         title={"text": opening_title, "x": 0.01, "font": {"size": 14}},
-        xaxis={"title": "adapted tensor / inner step (network order, steps unrolled)", "type": "category", "tickangle": -60},
+        xaxis={
+            "title": "adapted tensor / inner step (network order, steps unrolled)",
+            "type": "category",
+            "tickangle": -60,
+        },
         yaxis={"title": "learned inner learning rate", "zeroline": True},
         sliders=[
             {
@@ -110,7 +128,9 @@ def lr_chart(runs: list[Run], title: str) -> go.Figure:
                 "xanchor": "right",
                 "y": 1.12,
                 "yanchor": "bottom",
-                "buttons": [{"label": "best epoch per seed", "method": "update", "args": opening_args}],
+                "buttons": [
+                    {"label": "best epoch per seed", "method": "update", "args": opening_args}
+                ],
             }
         ],
         margin={"t": 110, "b": 40},

@@ -27,7 +27,9 @@ from analysis.tables import SMOKE_LABEL, WrittenTable, display_table, write_tabl
 NOTEBOOK = Path(__file__).parent / "notebooks" / "seed_variance.ipynb"
 
 
-def report_command(runs_dir: Path, out: Path, from_wandb: str | None = None, notebook: bool = False) -> str:
+def report_command(
+    runs_dir: Path, out: Path, from_wandb: str | None = None, notebook: bool = False
+) -> str:
     parts = ["mamlpp", "report", "--runs-dir", str(runs_dir), "--out", str(out)]
     if from_wandb:
         parts += ["--from-wandb", from_wandb]
@@ -60,7 +62,12 @@ def execute_notebook(runs_dir: Path, out: Path) -> Path:
     old = os.environ.get("MAMLPP_RUNS_DIR")
     os.environ["MAMLPP_RUNS_DIR"] = str(runs_dir.resolve())
     try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+        NotebookClient(
+            nb,
+            timeout=600,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+        ).execute()
     finally:
         if old is None:
             os.environ.pop("MAMLPP_RUNS_DIR", None)
@@ -71,7 +78,9 @@ def execute_notebook(runs_dir: Path, out: Path) -> Path:
     return path
 
 
-def build_report(runs_dir: str | Path, out: str | Path, command: str | None = None, notebook: bool = False) -> Report:
+def build_report(
+    runs_dir: str | Path, out: str | Path, command: str | None = None, notebook: bool = False
+) -> Report:
     """Write every output for the runs under ``runs_dir`` into ``out``; returns what was written."""
     runs_dir, out = Path(runs_dir), Path(out)
     runs = load_runs(runs_dir)
@@ -129,8 +138,10 @@ def index_html(report: Report, runs_dir: Path) -> str:
         _produced_by(report.command),
     ]
     if any(s != "paper" for s in scales):
-        parts.append(f'<p class="warning">{e(SMOKE_LABEL)}: runs below paper scale use shortened schedules; '
-                     "their numbers check that the pipeline works, not the paper's claims.</p>")
+        parts.append(
+            f'<p class="warning">{e(SMOKE_LABEL)}: runs below paper scale use shortened schedules; '
+            "their numbers check that the pipeline works, not the paper's claims.</p>"
+        )
 
     parts.append("<h2>Tables: test accuracy per preset</h2>")
     parts.append(
@@ -162,7 +173,9 @@ def index_html(report: Report, runs_dir: Path) -> str:
         parts += [f"<li>{_link(path, out, title)}</li>" for title, path in report.charts]
         parts += ["</ul>", _produced_by(report.command)]
     else:
-        parts.append('<p class="missing">No runs with LSLR (inner.lslr true): no learning-rate chart.</p>')
+        parts.append(
+            '<p class="missing">No runs with LSLR (inner.lslr true): no learning-rate chart.</p>'
+        )
 
     parts.append("<h2>Figures</h2>")
     texts = {
@@ -183,14 +196,20 @@ def index_html(report: Report, runs_dir: Path) -> str:
         ]
     kinds = {kind for kind, _, _ in report.figures}
     if "stability" not in kinds:
-        parts.append('<p class="missing">No stability_* runs with iterations.jsonl: no stability figure (run <code>make figure2</code>).</p>')
+        parts.append(
+            '<p class="missing">No stability_* runs with iterations.jsonl: no stability figure (run <code>make figure2</code>).</p>'
+        )
     if "gradients" not in kinds:
-        parts.append('<p class="missing">No task family with runs both without and with MSL: no gradient figure.</p>')
+        parts.append(
+            '<p class="missing">No task family with runs both without and with MSL: no gradient figure.</p>'
+        )
 
     parts.append("<h2>Seed variance notebook</h2>")
     if report.notebook:
-        parts.append(f"<p>Executed on these runs: {_link(report.notebook, out)} (per-seed curves, spread of "
-                     "final accuracies, agreement of learned rates across seeds).</p>")
+        parts.append(
+            f"<p>Executed on these runs: {_link(report.notebook, out)} (per-seed curves, spread of "
+            "final accuracies, agreement of learned rates across seeds).</p>"
+        )
     else:
         nb_cmd = f"MAMLPP_RUNS_DIR={shlex.quote(str(runs_dir))} .venv/bin/jupyter execute analysis/notebooks/seed_variance.ipynb"
         parts.append(

@@ -88,7 +88,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 break  # the epoch in flight when the run was killed
-            raise RunsError(f"{path} line {i + 1} is not valid JSON ({e.msg}); fix or delete that line") from e
+            raise RunsError(
+                f"{path} line {i + 1} is not valid JSON ({e.msg}); fix or delete that line"
+            ) from e
     return rows
 
 
@@ -96,7 +98,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise RunsError(f"{path} is not valid JSON ({e.msg}); delete the run directory or rerun it") from e
+        raise RunsError(
+            f"{path} is not valid JSON ({e.msg}); delete the run directory or rerun it"
+        ) from e
     if not isinstance(data, dict):
         raise RunsError(f"{path} must hold a JSON object; delete the run directory or rerun it")
     return data
@@ -154,7 +158,13 @@ def load_runs(runs_dir: str | Path) -> list[Run]:
 
 
 def _identity(run: Run) -> dict[str, Any]:
-    return {"run": run.name, "preset": run.preset, "variant": run.variant, "seed": run.seed, "scale": run.scale}
+    return {
+        "run": run.name,
+        "preset": run.preset,
+        "variant": run.variant,
+        "seed": run.seed,
+        "scale": run.scale,
+    }
 
 
 def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
@@ -190,7 +200,9 @@ def metrics_long(runs: Iterable[Run]) -> pd.DataFrame:
     """The tidy frame: one row per run x epoch x key, columns ``ID_COLUMNS + [epoch, key, value]``."""
     wide = metrics_wide(runs)
     keys = [c for c in wide.columns if c not in (*ID_COLUMNS, "epoch")]
-    long = wide.melt(id_vars=[*ID_COLUMNS, "epoch"], value_vars=keys, var_name="key", value_name="value")
+    long = wide.melt(
+        id_vars=[*ID_COLUMNS, "epoch"], value_vars=keys, var_name="key", value_name="value"
+    )
     return long.dropna(subset=["value"]).reset_index(drop=True)
 
 
@@ -220,9 +232,14 @@ def lslr_frame(runs: Iterable[Run]) -> pd.DataFrame:
     frame = long.assign(param=parts["param"], step=parts["step"]).dropna(subset=["param"])
     frame = frame.rename(columns={"value": "rate"}).drop(columns="key")
     frame["step"] = frame["step"].astype(int)
-    pairs = sorted(set(zip(frame["param"], frame["step"], strict=True)), key=lambda ps: (_param_order(ps[0]), ps[1]))
+    pairs = sorted(
+        set(zip(frame["param"], frame["step"], strict=True)),
+        key=lambda ps: (_param_order(ps[0]), ps[1]),
+    )
     position = {pair: i for i, pair in enumerate(pairs)}
-    frame["position"] = [position[(p, s)] for p, s in zip(frame["param"], frame["step"], strict=True)]
+    frame["position"] = [
+        position[(p, s)] for p, s in zip(frame["param"], frame["step"], strict=True)
+    ]
     frame["tensor_step"] = frame["param"] + "/step" + frame["step"].astype(str)
     return frame.sort_values(["run", "epoch", "position"]).reset_index(drop=True)
 

@@ -45,7 +45,15 @@ def experiment_of(preset: str) -> Experiment:
 
 
 def scale_note(scale: str) -> str:
-    return "" if scale == "paper" else (SMOKE_LABEL if scale == "smoke" else f"{scale.upper()} SCALE - not comparable to the paper")
+    return (
+        ""
+        if scale == "paper"
+        else (
+            SMOKE_LABEL
+            if scale == "smoke"
+            else f"{scale.upper()} SCALE - not comparable to the paper"
+        )
+    )
 
 
 def _paper_rank(preset: str) -> int:
@@ -59,7 +67,9 @@ def accuracy_table(runs: list[Run]) -> pd.DataFrame:
     variants: dict[tuple[str, str], list[Run]] = {}
     for r in runs:
         variants.setdefault((r.variant, r.scale), []).append(r)
-    for (variant, scale), group in sorted(variants.items(), key=lambda kv: (_paper_rank(kv[1][0].preset), kv[0])):
+    for (variant, scale), group in sorted(
+        variants.items(), key=lambda kv: (_paper_rank(kv[1][0].preset), kv[0])
+    ):
         preset = PRESETS.get(group[0].preset)
         done = sorted((r for r in group if r.test is not None), key=lambda r: r.seed)
         acc = pd.Series([100.0 * float(r.test["accuracy"]) for r in done if r.test], dtype=float)
@@ -76,7 +86,9 @@ def accuracy_table(runs: list[Run]) -> pd.DataFrame:
                 "mean": mean,
                 "std": acc.std(ddof=1) if len(acc) > 1 else math.nan,
                 "paper": paper,
-                "paper_std": preset.paper_std if preset and preset.paper_std is not None else math.nan,
+                "paper_std": preset.paper_std
+                if preset and preset.paper_std is not None
+                else math.nan,
                 "difference": mean - paper,
                 "note": scale_note(scale),
             }
@@ -100,8 +112,12 @@ def display_table(table: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
         {
             "preset": table["preset"],
             "n seeds": table["n_seeds"],
-            "test accuracy (%)": [_pm(m, s, pm) for m, s in zip(table["mean"], table["std"], strict=True)],
-            "paper (%)": [_pm(m, s, pm) for m, s in zip(table["paper"], table["paper_std"], strict=True)],
+            "test accuracy (%)": [
+                _pm(m, s, pm) for m, s in zip(table["mean"], table["std"], strict=True)
+            ],
+            "paper (%)": [
+                _pm(m, s, pm) for m, s in zip(table["paper"], table["paper_std"], strict=True)
+            ],
             "difference (points)": [_signed(d) for d in table["difference"]],
             "unfinished runs": table["unfinished"],
             "scale": [n or s for s, n in zip(table["scale"], table["note"], strict=True)],
@@ -119,7 +135,14 @@ def caption(title: str, table: pd.DataFrame) -> str:
 
 
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("–", "--")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+        ("–", "--"),
+    ):
         text = text.replace(a, b)
     return text
 
@@ -143,12 +166,18 @@ def write_tables(runs: list[Run], out_dir: Path, command: str) -> list[WrittenTa
     experiments = {e.slug: e for e in [*EXPERIMENTS.values(), OTHER]}
     order = [e.slug for e in experiments.values()]
     written = []
-    for (slug, scale), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+    for (slug, scale), group in sorted(
+        groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])
+    ):
         experiment = experiments[slug]
         table = accuracy_table(group)
         text = caption(experiment.title, table)
         stem = out_dir / f"{slug}_{scale}"
-        files = {"md": stem.with_suffix(".md"), "csv": stem.with_suffix(".csv"), "tex": stem.with_suffix(".tex")}
+        files = {
+            "md": stem.with_suffix(".md"),
+            "csv": stem.with_suffix(".csv"),
+            "tex": stem.with_suffix(".tex"),
+        }
         files["md"].write_text(
             f"**{text}**\n\n{display_table(table).to_markdown(index=False, disable_numparse=True)}\n\n"
             f"Produced by: `{command}`\n"
@@ -156,11 +185,18 @@ def write_tables(runs: list[Run], out_dir: Path, command: str) -> list[WrittenTa
         table.to_csv(files["csv"], index=False)
         latex = display_table(table, pm=" PLUSMINUS ").map(lambda v: _latex_escape(str(v)))
         for column in ("test accuracy (%)", "paper (%)"):
-            latex[column] = [v if v == "--" else "$" + v.replace("PLUSMINUS", r"\pm") + "$" for v in latex[column]]
+            latex[column] = [
+                v if v == "--" else "$" + v.replace("PLUSMINUS", r"\pm") + "$"
+                for v in latex[column]
+            ]
         latex.columns = [_latex_escape(c) for c in latex.columns]
         files["tex"].write_text(
             f"% Produced by: {command}\n"
-            + latex.to_latex(index=False, caption=_latex_escape(text).replace("±", r"$\pm$"), label=f"tab:{slug}_{scale}")
+            + latex.to_latex(
+                index=False,
+                caption=_latex_escape(text).replace("±", r"$\pm$"),
+                label=f"tab:{slug}_{scale}",
+            )
         )
         written.append(WrittenTable(experiment, scale, table, text, files))
     return written

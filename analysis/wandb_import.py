@@ -45,7 +45,9 @@ def _config_doc(wandb_run: Any) -> dict[str, Any]:
     if "config" in cfg and "run" in cfg:
         return {"config": cfg["config"], "run": cfg["run"]}
     config = {k: v for k, v in cfg.items() if not k.startswith("_") and k != "run"}
-    if isinstance(cfg.get("run"), dict):  # what mamlpp.trainer sends: {**Config.to_dict(), "run": {...}}
+    if isinstance(
+        cfg.get("run"), dict
+    ):  # what mamlpp.trainer sends: {**Config.to_dict(), "run": {...}}
         return {"config": config, "run": {"name": wandb_run.name, **cfg["run"]}}
     return {
         "config": config,
@@ -85,14 +87,24 @@ def import_run(wandb_run: Any, runs_dir: Path) -> Path | None:
         return None
     if marker.exists():
         cached = json.loads(marker.read_text())
-        if cached.get("id") == wandb_run.id and cached.get("state") == "finished" and (folder / "test.json").exists():
+        if (
+            cached.get("id") == wandb_run.id
+            and cached.get("state") == "finished"
+            and (folder / "test.json").exists()
+        ):
             return folder
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(doc, indent=2))
     metrics, iterations = [], []
     for row in wandb_run.scan_history():
         # Scalars only: W&B's own _step/_runtime keys and media such as lslr_table are dropped.
-        clean = {k: v for k, v in row.items() if not k.startswith("_") and isinstance(v, int | float | str) and not isinstance(v, bool)}
+        clean = {
+            k: v
+            for k, v in row.items()
+            if not k.startswith("_")
+            and isinstance(v, int | float | str)
+            and not isinstance(v, bool)
+        }
         if "iteration" in clean:
             iterations.append(clean)
         elif "epoch" in clean:
@@ -105,25 +117,33 @@ def import_run(wandb_run: Any, runs_dir: Path) -> Path | None:
         (folder / "test.json").write_text(json.dumps(test, indent=2))
     else:
         (folder / "test.json").unlink(missing_ok=True)
-    marker.write_text(json.dumps({"id": wandb_run.id, "path": "/".join(wandb_run.path), "state": wandb_run.state}))
+    marker.write_text(
+        json.dumps({"id": wandb_run.id, "path": "/".join(wandb_run.path), "state": wandb_run.state})
+    )
     return folder
 
 
 def import_wandb(project_path: str, runs_dir: str | Path, api: Any = None) -> list[Path]:
     """Import every run of ``entity/project`` into ``runs_dir``; returns the run folders."""
     if project_path.count("/") != 1 or not all(project_path.split("/")):
-        raise RunsError(f"--from-wandb needs ENTITY/PROJECT (e.g. my-team/mamlpp), got {project_path!r}")
+        raise RunsError(
+            f"--from-wandb needs ENTITY/PROJECT (e.g. my-team/mamlpp), got {project_path!r}"
+        )
     if api is None:
         import wandb
 
         try:
             api = wandb.Api(timeout=60)
         except Exception as e:  # noqa: BLE001 - wandb raises several types for missing credentials
-            raise RunsError(f"cannot reach W&B ({e}); run `wandb login` or set WANDB_API_KEY") from e
+            raise RunsError(
+                f"cannot reach W&B ({e}); run `wandb login` or set WANDB_API_KEY"
+            ) from e
     try:
         remote = list(api.runs(project_path))
     except Exception as e:  # noqa: BLE001
-        raise RunsError(f"cannot list the runs of W&B project {project_path!r} ({e}); check the name and `wandb login`") from e
+        raise RunsError(
+            f"cannot list the runs of W&B project {project_path!r} ({e}); check the name and `wandb login`"
+        ) from e
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     return [folder for r in remote if (folder := import_run(r, runs_dir)) is not None]

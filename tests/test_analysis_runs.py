@@ -1,0 +1,125 @@
+"""Loading run directories into tidy frames (analysis.runs), on hand-made runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analysis.example_runs import EXAMPLE_VAL_ACC, example_rate, write_example_runs, write_run
+from analysis.runs import (
+    RunsError,
+    best_epochs,
+    grad_frame,
+    iterations_frame,
+    load_runs,
+    lslr_frame,
+    metrics_long,
+    metrics_wide,
+    runs_frame,
+)
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    write_example_runs(root)
+    return root
+
+
+def test_every_run_is_found_with_its_identity(runs_dir: Path) -> None:
+    frame = runs_frame(load_runs(runs_dir))
+    assert len(frame) == 16
+    mamlpp = frame[frame["preset"] == "omniglot_20way_1shot_mamlpp"]
+    assert sorted(mamlpp["seed"]) == [0, 1]
+    assert set(frame["scale"]) == {"smoke"}
+    unfinished = frame[~frame["finished"]]
+    assert list(unfinished["run"]) == ["omniglot_20way_1shot_maml__default__seed3__smoke"]
+    assert unfinished["test_accuracy"].isna().all()
+    assert (
+        frame.loc[
+            frame["run"] == "omniglot_20way_1shot_maml__default__seed1__smoke", "test_accuracy"
+        ].item()
+        == 0.92
+    )
+
+
+def test_tidy_frame_has_one_row_per_run_epoch_key(runs_dir: Path) -> None:
+    runs = [
+        r
+        for r in load_runs(runs_dir)
+        if r.name == "omniglot_20way_1shot_mamlpp__default__seed1__smoke"
+    ]
+    long = metrics_long(runs)
+    keys_per_epoch = (
+        len(json.loads((runs[0].path / "metrics.jsonl").read_text().splitlines()[0])) - 1
+    )
+    assert len(long) == 4 * keys_per_epoch
+    assert not long.duplicated(["run", "epoch", "key"]).any()
+    val = long[long["key"] == "val/acc"].sort_values("epoch")["value"].tolist()
+    assert val == list(EXAMPLE_VAL_ACC[1])
+    assert set(long.columns) == {
+        "run",
+        "preset",
+        "variant",
+        "seed",
+        "scale",
+        "epoch",
+        "key",
+        "value",
+    }
+
+
+def test_best_epoch_is_the_highest_val_acc(runs_dir: Path) -> None:
+    best = best_epochs(load_runs(runs_dir))
+    assert best["omniglot_20way_1shot_mamlpp__default__seed0__smoke"] == 1
+    assert best["omniglot_20way_1shot_mamlpp__default__seed1__smoke"] == 2
+    assert best["miniimagenet_5way_1shot_mamlpp__default__seed2__smoke"] == 0
+
+
+def test_lslr_frame_orders_tensors_in_network_order_with_steps_unrolled(runs_dir: Path) -> None:
+    runs = [
+        r
+        for r in load_runs(runs_dir)
+        if r.name == "omniglot_20way_1shot_mamlpp__default__seed1__smoke"
+    ]
+    frame = lslr_frame(runs)
+    epoch2 = frame[frame["epoch"] == 2].sort_values("position")
+    labels = epoch2["tensor_step"].tolist()
+    assert labels[:6] == [f"conv0.weight/step{k}" for k in range(5)] + ["conv0.bias/step0"]
+    assert labels[-1] == "linear.bias/step4" and labels[-6] == "linear.weight/step4"
+    assert labels.index("conv3.bias/step4") < labels.index("linear.weight/step0")
+    assert epoch2["rate"].tolist() == pytest.approx([example_rate(1, 2, p) for p in range(50)])
+
+
+def test_grad_and_iteration_frames(runs_dir: Path) -> None:
+    runs = [r for r in load_runs(runs_dir) if r.preset == "stability_maml"]
+    grads = grad_frame(runs)
+    assert set(grads["stat"]) == {"max", "min", "mean", "norm"}
+    assert "bn0.weight" in set(grads["param"])
+    its = iterations_frame(runs)
+    assert len(its) == 2 * 4 * 4  # 2 seeds x 4 epochs x 4 iterations
+    assert its["iteration"].max() == 15
+
+
+def test_torn_last_line_is_dropped_but_a_bad_middle_line_is_an_error(tmp_path: Path) -> None:
+    path = write_run(tmp_path, "omniglot_20way_1shot_mamlpp", 0, val_acc=(0.5, 0.6))
+    metrics = path / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"epoch": 2, "val/a')
+    assert metrics_wide(load_runs(tmp_path))["epoch"].tolist() == [0, 1]
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "not json", lines[1]]) + "\n")
+    with pytest.raises(RunsError, match=r"metrics.jsonl line 2 is not valid JSON"):
+        load_runs(tmp_path)[0].metrics()
+
+
+def test_missing_or_empty_runs_dir_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RunsError, match="does not exist; train first"):
+        load_runs(tmp_path / "nope")
+    with pytest.raises(RunsError, match="no runs under"):
+        load_runs(tmp_path)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    with pytest.raises(RunsError, match="lacks the 'config' and 'run' sections"):
+        load_runs(tmp_path)
