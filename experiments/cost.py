@@ -13,7 +13,7 @@ measured preset (same dataset, way, shot; preferring the same inner steps and sw
 table says which.
 
     python -m experiments.cost measure --device cuda --out build/cost.jsonl
-    python -m experiments.cost project build/cost.jsonl
+    python -m experiments.cost project build/cost.jsonl [--scale smoke]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 import click
 
 from experiments import EXPERIMENTS
+from mamlpp.config import apply_scale
 from mamlpp.presets import get_preset
 
 PRIORITY = (
@@ -89,8 +90,8 @@ def measure_one(
     return Measurement(preset, s_iter, s_val, str(config["run"].get("device", device)))
 
 
-def run_seconds(preset: str, m: Measurement) -> float:
-    s = get_preset(preset).config.schedule
+def run_seconds(preset: str, m: Measurement, scale: str = "paper") -> float:
+    s = apply_scale(get_preset(preset).config, scale).schedule
     per_epoch = s.iterations_per_epoch * m.s_iter + s.val_tasks * m.s_val_task
     return s.epochs * per_epoch + s.ensemble_top_k * s.test_tasks * m.s_val_task
 
@@ -158,8 +159,9 @@ def measure(
 
 @main.command()
 @click.argument("measurements", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def project(measurements: Path) -> None:
-    """Print device-hours per experiment at paper scale as a Markdown table."""
+@click.option("--scale", type=click.Choice(["paper", "smoke"]), default="paper", show_default=True)
+def project(measurements: Path, scale: str) -> None:
+    """Print device-hours per experiment at SCALE as a Markdown table."""
     measured = {
         m["preset"]: Measurement(**m)
         for m in (json.loads(line) for line in measurements.read_text().splitlines())
@@ -175,7 +177,7 @@ def project(measurements: Path) -> None:
             if source is None:
                 continue
             m = measured[source]
-            hours = run_seconds(preset, m) / 3600
+            hours = run_seconds(preset, m, scale) / 3600
             total += hours * len(e.seeds)
             click.echo(
                 f"| {e.name} | {preset} | {len(e.seeds)} | {m.s_iter:.3f} | "
