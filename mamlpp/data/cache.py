@@ -9,6 +9,7 @@ nothing that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,14 +60,44 @@ ImageSets = dict[str, SplitImages]
 
 
 def content_key(files: Iterable[Path], base: Path, salt: str = "") -> str:
-    """sha256 over each file's path relative to `base` and its bytes (files in sorted order)."""
+    """sha256 over each file's path relative to `base` and its bytes (files in sorted order).
+
+    Hashing a large source on every run start would be slow, so the key is remembered under the
+    cache root by a signature of the files' paths, sizes and modification times: a file whose
+    content changes gets a new size or time, hence a new signature and a freshly hashed key."""
+    files = sorted(files)
+    memo = cache_root() / "keys" / f"{_stat_signature(files, base, salt)}.txt"
+    if memo.is_file():
+        return memo.read_text().strip()
     h = hashlib.sha256(salt.encode())
-    for path in sorted(files):
+    for path in files:
         h.update(str(path.relative_to(base)).encode() + b"\0")
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()[:20]
+    key = h.hexdigest()[:20]
+    _write_atomic(memo, key)
+    return key
+
+
+def _stat_signature(files: list[Path], base: Path, salt: str) -> str:
+    h = hashlib.sha256(f"{salt}\0{base.resolve()}".encode())
+    for path in files:
+        st = path.stat()
+        h.update(f"{path.relative_to(base)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Best effort (a memo only): temporary name, then rename; silently skipped if unwritable."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def cache_dir(dataset: str, key: str) -> Path:
