@@ -31,3 +31,21 @@ def test_same_size_edit_gets_a_new_key(tmp_path: Path) -> None:
     files[0].write_bytes(b"jello")
     os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert content_key(files, tmp_path / "src") != before
+
+
+def test_a_killed_builds_leftovers_are_removed_later(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mamlpp.data.cache import SplitImages, cache_dir, load_cache, write_cache
+
+    final = cache_dir("synthetic", "k1")
+    stale = final.parent / f".{final.name}.tmp-999-dead"
+    fresh = final.parent / f".{final.name}.tmp-998-busy"  # maybe a build still running
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    split = SplitImages.from_classes([("c", np.zeros((2, 1, 4, 4), np.uint8))])
+    write_cache("synthetic", "k1", {"train": split, "val": split, "test": split}, "test")
+    assert not stale.exists() and fresh.exists()
+    cached = load_cache("synthetic", "k1")
+    assert cached is not None and cached["val"].class_names == ("c",)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -140,6 +141,7 @@ def write_cache(dataset: str, key: str, sets: ImageSets, source: str) -> Path:
     final = cache_dir(dataset, key)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        _remove_stale_builds(final)
         tmp.mkdir(parents=True)
         for split in SPLITS:
             np.save(tmp / f"{split}.npy", np.ascontiguousarray(sets[split].images))
@@ -167,6 +169,17 @@ def write_cache(dataset: str, key: str, sets: ImageSets, source: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _remove_stale_builds(final: Path, max_age_s: float = 6 * 3600) -> None:
+    """Delete temporary folders of builds of this cache that were killed (older than 6 hours)."""
+    if not final.parent.is_dir():
+        return
+    now = time.time()
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > max_age_s:
+                shutil.rmtree(tmp)
 
 
 def load_or_build(
