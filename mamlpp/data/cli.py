@@ -60,9 +60,7 @@ def _miniimagenet_check(root: str | None) -> None:
     _echo_counts({s: list(counts[s].values()) for s in SPLITS})
     if [len(counts[s]) for s in SPLITS] != [64, 16, 20] or {n for c in counts.values() for n in c.values()} != {600}:
         click.echo("  note: the paper's mini-ImageNet has 64/16/20 classes of 600 images each")
-    files = miniimagenet._source_files(folder, fmt)
-    key = miniimagenet.content_key(files, folder, salt=f"miniimagenet-{fmt}")
-    _echo_cache(cache_dir("miniimagenet", key))
+    _echo_cache(cache_dir("miniimagenet", miniimagenet.source_key(folder, fmt)))
 
 
 def _echo_cache(folder: Path) -> None:

@@ -154,9 +154,13 @@ def count_classes(root: str | Path | None) -> tuple[Path, str, dict[str, dict[st
     return folder, fmt, {s: {c: len(ps) for c, ps in cl.items()} for s, cl in listing.items()}
 
 
+def source_key(folder: Path, fmt: str) -> str:
+    return content_key(_source_files(folder, fmt), folder, salt=f"miniimagenet-{fmt}")
+
+
 def load(root: str | Path | None, rebuild: bool = False) -> tuple[ImageSets, Path]:
     folder, fmt = find_source(root)
-    key = content_key(_source_files(folder, fmt), folder, salt=f"miniimagenet-{fmt}")
+    key = source_key(folder, fmt)
 
     def build() -> ImageSets:
         return _decode_pickles(folder) if fmt == "pickle" else _decode_files(_listing(folder, fmt))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from mamlpp.errors import DataError
@@ -28,19 +29,20 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mamlpp"
 
 
-def dataset_dir(root: str | Path | None, name: str, looks_like_dataset: object) -> Path:
-    """The dataset's own folder: `<root>/<name>`, or `root` itself when it already is that folder.
-
-    `looks_like_dataset(path) -> bool` says whether a folder holds the dataset's files."""
+def dataset_dir(
+    root: str | Path | None, name: str, looks_like_dataset: Callable[[Path], bool]
+) -> Path:
+    """The dataset's own folder: `<root>/<name>`, or `root` itself when it already is that folder
+    (when `looks_like_dataset(root)` says it holds the dataset's files)."""
     base = resolve_data_root(root)
     if not base.exists():
+        download = " (or run `mamlpp data prepare omniglot --download`)" if name == "omniglot" else ""
         raise DataError(
             f"data root {base} does not exist; pass --data-root PATH or set {DATA_ENV} to the "
-            f"folder that holds {name}/ (or run `mamlpp data prepare {name} --download`)"
+            f"folder that holds {name}/{download}"
         )
     if not base.is_dir():
         raise DataError(f"data root {base} is not a folder; pass the folder that holds {name}/")
-    assert callable(looks_like_dataset)
     if (base / name).is_dir():
         return base / name
     if looks_like_dataset(base):
