@@ -149,8 +149,11 @@ def _title(title: str, view: str) -> str:
     )
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+def chart_stem(run: Run) -> str:
+    """File stem for a variant's chart: the run directory's name without its seed (run names
+    already shorten long override slugs to 60 characters plus a hash), ``__default`` dropped."""
+    stem = re.sub(r"__seed\d+", "", run.name).replace("__default", "")
+    return "lr_" + re.sub(r"[^A-Za-z0-9._=,-]+", "-", stem)
 
 
 def write_lr_charts(runs: list[Run], out_dir: Path) -> list[tuple[str, Path]]:
@@ -167,7 +170,7 @@ def write_lr_charts(runs: list[Run], out_dir: Path) -> list[tuple[str, Path]]:
             fig = lr_chart(group, title)
         except ValueError:
             continue
-        path = out_dir / f"lr_{slug(variant)}_{scale}.html"
+        path = out_dir / f"{chart_stem(group[0])}.html"
         fig.write_html(path, include_plotlyjs=True, full_html=True, div_id=CHART_DIV_ID)
         written.append((title, path))
     return written

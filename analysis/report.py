@@ -5,7 +5,7 @@ Layout of ``<out>``::
     index.html          links everything below, a short text and the producing command per item
     runs.csv            one row per run (identity, switches, test accuracy)
     tables/             <experiment>_<scale>.{md,csv,tex}
-    charts/             lr_<variant>_<scale>.html (self-contained plotly)
+    charts/             lr_<preset>[__<overrides>]__<scale>.html (self-contained plotly)
     figures/            figure2_stability_<scale>.{png,pdf}, gradients_<family>.{png,pdf}
     seed_variance.ipynb the executed notebook (only with --notebook)
 """

@@ -53,9 +53,9 @@ def test_one_self_contained_chart_per_lslr_variant(runs: list[Run], tmp_path: Pa
     written = write_lr_charts(runs, tmp_path)
     names = sorted(p.name for _, p in written)
     assert names == [
-        "lr_miniimagenet_5way_1shot_mamlpp_smoke.html",
-        "lr_omniglot_20way_1shot_mamlpp_smoke.html",
-        "lr_stability_mamlpp_smoke.html",
+        "lr_miniimagenet_5way_1shot_mamlpp__smoke.html",
+        "lr_omniglot_20way_1shot_mamlpp__smoke.html",
+        "lr_stability_mamlpp__smoke.html",
     ]  # no chart for MAML / MAML + MSL (fixed alpha)
     page = written[0][1].read_text()
     assert f'id="{CHART_DIV_ID}"' in page

@@ -57,7 +57,7 @@ def test_index_links_every_table_chart_and_figure(report: Path) -> None:
         assert (report / target).is_file(), f"broken link {target}"
     assert (
         "tables/table1_omniglot_smoke.tex" in targets
-        and "charts/lr_omniglot_20way_1shot_mamlpp_smoke.html" in targets
+        and "charts/lr_omniglot_20way_1shot_mamlpp__smoke.html" in targets
     )
     assert page.count("Produced by: <code>mamlpp report --runs-dir") >= 3
     assert "SMOKE SCALE - not comparable to the paper" in page
@@ -105,7 +105,7 @@ def test_report_page_and_lr_chart_in_headless_chromium(report: Path) -> None:
         assert browser.evaluate("document.querySelectorAll('table').length") == 3
         assert browser.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
 
-        browser.open(report / "charts" / "lr_omniglot_20way_1shot_mamlpp_smoke.html")
+        browser.open(report / "charts" / "lr_omniglot_20way_1shot_mamlpp__smoke.html")
         opening: dict[str, Any] = browser.evaluate(_CHART_STATE)
         # Opening view: seed 0 at its best epoch 1, seed 1 at its best epoch 2.
         assert opening["y"][0] == pytest.approx(_rates(0, 1))

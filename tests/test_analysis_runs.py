@@ -123,3 +123,52 @@ def test_missing_or_empty_runs_dir_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "broken" / "config.json").write_text("{}")
     with pytest.raises(RunsError, match="lacks the 'config' and 'run' sections"):
         load_runs(tmp_path)
+
+
+def test_a_real_tiny_training_run_is_read_as_the_contract_says(tmp_path: Path) -> None:
+    """Contract check against the trainer: two epochs on synthetic data, then the frames."""
+    from click.testing import CliRunner
+
+    from analysis.tables import accuracy_table
+    from mamlpp.cli import main
+
+    sets = [
+        "data.dataset=synthetic", "model.filters=4", "schedule.epochs=2", "schedule.iterations_per_epoch=1",
+        "schedule.val_tasks=4", "schedule.test_tasks=4", "schedule.ensemble_top_k=1", "inner.steps=2", "inner.eval_steps=2",
+    ]  # fmt: skip
+    args = [
+        "train",
+        "--preset",
+        "omniglot_5way_1shot_mamlpp",
+        "--seed",
+        "0",
+        "--scale",
+        "smoke",
+        "--runs-dir",
+        str(tmp_path),
+    ]
+    args += ["--wandb", "off", "--device", "cpu", "--no-progress"] + [
+        a for s in sets for a in ("--set", s)
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (run,) = load_runs(tmp_path)
+    assert (run.preset, run.seed, run.scale, run.finished, run.uses_lslr) == (
+        "omniglot_5way_1shot_mamlpp",
+        0,
+        "smoke",
+        True,
+        True,
+    )
+    assert run.overrides["inner.steps"] == 2
+    rates = lslr_frame([run])
+    assert len(rates) == 2 * 10 * 2  # epochs x adapted tensors x steps
+    assert rates.drop_duplicates("position").sort_values("position")["tensor_step"].iloc[:3].tolist() == [
+        "conv0.weight/step0", "conv0.weight/step1", "conv0.bias/step0",
+    ]  # fmt: skip
+    assert {"max", "min", "mean", "norm"} <= set(grad_frame([run])["stat"])
+    assert len(iterations_frame([run])) == 2
+    assert best_epochs([run])[run.name] in (0, 1)
+    table = accuracy_table([run])
+    assert table["n_seeds"].item() == 1
+    assert table["mean"].item() == pytest.approx(100 * run.test["accuracy"])  # type: ignore[index]
