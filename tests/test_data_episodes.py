@@ -117,3 +117,24 @@ def test_batch_on_a_device_and_bad_indices() -> None:
         sampler.batch([-1])
     with pytest.raises(DataError, match="at least one"):
         sampler.batch([])
+
+
+def test_classes_of_unequal_sizes_only_yield_their_own_images() -> None:
+    from mamlpp.data import TO_FLOAT
+    from mamlpp.data.cache import SplitImages
+
+    sizes = [3, 7, 4, 30]
+    split = SplitImages.from_classes(
+        [(f"c{i}", np.full((n, 1, 2, 2), i, np.uint8)) for i, n in enumerate(sizes)]
+    )
+    sampler = EpisodeSampler(split, "train", 0, 4, 1, 2, False, TO_FLOAT["synthetic"])
+    seen = set()
+    for i in range(50):
+        picks, _ = sampler.episode(i)
+        classes = np.searchsorted(split.offsets, picks, side="right") - 1
+        assert (classes == classes[:, :1]).all()
+        seen.update(picks.ravel().tolist())
+        b = sampler.batch([i])
+        pixel_class = (b.support_x[0, :, 0, 0, 0] * 255).round().long()
+        assert torch.equal(pixel_class, torch.from_numpy(classes[:, 0]))  # label j shows class j
+    assert len(seen) > 0.9 * sum(sizes)  # all images of every class get drawn
