@@ -116,21 +116,20 @@ def lr_chart(runs: list[Run], title: str) -> go.Figure:
                 "currentvalue": {"visible": False},
                 "pad": {"t": 150},
                 "steps": steps,
-                "len": 0.95,
-                "x": 0.025,
+                "len": 0.82,
+                "x": 0.18,
             }
         ],
         updatemenus=[
             {
                 "type": "buttons",
                 "showactive": False,
-                "x": 1.0,
-                "xanchor": "right",
-                "y": 1.12,
-                "yanchor": "bottom",
-                "buttons": [
-                    {"label": "best epoch per seed", "method": "update", "args": opening_args}
-                ],
+                "x": 0.0,
+                "xanchor": "left",
+                "y": 0.0,
+                "yanchor": "top",
+                "pad": {"t": 150},
+                "buttons": [{"label": "best epoch per seed", "method": "update", "args": opening_args}],
             }
         ],
         margin={"t": 110, "b": 40},

@@ -128,6 +128,14 @@ def test_report_page_and_lr_chart_in_headless_chromium(report: Path) -> None:
         assert "all seeds at epoch 3" in browser.evaluate(
             f"document.getElementById('{CHART_DIV_ID}').layout.title.text"
         )
+
+        # The button returns every seed to its best epoch (the opening view).
+        button = browser.evaluate(
+            "(() => { const r = document.querySelector('.updatemenu-button').getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        browser.click(*button)
+        assert browser.evaluate(_CHART_STATE)["y"] == opening["y"]
         assert browser.console_errors() == []
 
 
