@@ -212,6 +212,8 @@ class WandbMirror:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        if os.environ.get("WANDB_SWEEP_ID") or os.environ.get("WANDB_RUN_ID"):
+            run_id = None  # a W&B sweep agent (or the user) chose the run id
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "mamlpp"),
             mode=mode,

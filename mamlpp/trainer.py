@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from mamlpp.batch import TaskBatch
-from mamlpp.config import Config, apply_overrides, apply_scale, overrides_dict
+from mamlpp.config import Config, ConfigError, apply_overrides, apply_scale, overrides_dict
 from mamlpp.errors import MamlppError
 from mamlpp.presets import get_preset
 from mamlpp.tracking import (
@@ -83,7 +83,28 @@ def resolve_config(preset: str, overrides: Sequence[str], seed: int, scale: str)
     """preset -> scale -> ``--set`` overrides -> seed."""
     config = apply_scale(get_preset(preset).config, scale)
     config = apply_overrides(config, list(overrides))
-    return replace(config, seed=seed)
+    return check_schedule(replace(config, seed=seed))
+
+
+def check_schedule(config: Config) -> Config:
+    """The counts a run needs at least one of; ConfigError naming the key otherwise."""
+    s = config.schedule
+    counts = {
+        "schedule.epochs": s.epochs,
+        "schedule.iterations_per_epoch": s.iterations_per_epoch,
+        "schedule.val_tasks": s.val_tasks,
+        "schedule.test_tasks": s.test_tasks,
+        "schedule.ensemble_top_k": s.ensemble_top_k,
+        "outer.meta_batch_size": config.outer.meta_batch_size,
+    }
+    for key, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1")
+    if s.eval_batch_size < 0:
+        raise ConfigError(
+            f"schedule.eval_batch_size={s.eval_batch_size} must be 0 (= meta-batch) or more"
+        )
+    return config
 
 
 def resolve_device(choice: str) -> str:
@@ -205,7 +226,8 @@ def epoch_row(
     epoch: int, learner: Any, means: EpochMeans, val: tuple[float, float], seconds: float,
     train_seconds: float, iterations: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """The flat per-epoch dict: metrics.jsonl line == wandb.log payload."""
+    """The flat per-epoch dict: metrics.jsonl line == wandb.log payload. ``time/epoch_s`` is
+    training plus validation; ``time/iters_per_s`` counts the training iterations only."""
     train = means.row()
     row: dict[str, Any] = {
         "epoch": epoch,
@@ -374,6 +396,7 @@ def train_run(
     if finished is not None:
         options.log(f"{run_dir.path} is already finished; its test result is in test.json")
         return finished
+    check_schedule(config)
     episodes = episodes or default_episodes()
     torch.manual_seed(config.seed)
     learner = MetaLearner(config, device=options.device)

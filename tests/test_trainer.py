@@ -193,6 +193,7 @@ def test_rerun_with_a_different_config_in_the_same_folder_is_refused(tmp_path: P
         (["--preset", PRESET, "--set", "inner.stepz=3"], "unknown config key 'inner.stepz'"),
         (["--preset", PRESET, "--set", "inner.steps"], "must look like key=value"),
         (["--preset", PRESET, "--set", "inner.steps=three"], "inner.steps needs an integer"),
+        (["--preset", PRESET, "--set", "schedule.val_tasks=0"], "schedule.val_tasks=0 must be at"),
     ],
 )
 def test_bad_cli_input_gives_one_clear_line(extra: list[str], message: str, tmp_path: Path) -> None:
