@@ -28,7 +28,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     write_example_runs(runs)
     out = tmp_path_factory.mktemp("report")
-    result = CliRunner().invoke(main, ["report", "--runs-dir", str(runs), "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["report", "--runs-dir", str(runs), "--out", str(out), "--notebook"]
+    )
     assert result.exit_code == 0, result.output
     assert "16 runs -> 3 tables, 3 learning-rate charts, 3 figures" in result.output
     return out
@@ -62,6 +64,9 @@ def test_index_links_every_table_chart_and_figure(report: Path) -> None:
     assert page.count("Produced by: <code>mamlpp report --runs-dir") >= 3
     assert "SMOKE SCALE - not comparable to the paper" in page
     assert "92.00 ± 2.00" in page  # the rendered Table 1
+    assert "seed_variance.ipynb" in targets  # --notebook saved an executed copy
+    executed = json.loads((report / "seed_variance.ipynb").read_text())
+    assert all(c.get("execution_count") for c in executed["cells"] if c["cell_type"] == "code")
 
 
 def test_report_on_an_empty_runs_dir_is_a_one_line_error(tmp_path: Path) -> None:
