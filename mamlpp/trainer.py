@@ -255,6 +255,23 @@ def summary_line(row: Mapping[str, Any], epochs: int, kept: bool) -> str:
     )
 
 
+def schedule_line(config: Config, device: str) -> str:
+    s = config.schedule
+    return (
+        f"{config.preset} ({config.scale} scale, seed {config.seed}, {device}): {s.epochs} epochs x "
+        f"{s.iterations_per_epoch} iterations of {config.outer.meta_batch_size} tasks, "
+        f"{s.val_tasks} validation tasks per epoch, ensemble of {s.ensemble_top_k} on "
+        f"{s.test_tasks} test tasks"
+    )
+
+
+def remaining_line(epoch_seconds: list[float], epochs_left: int) -> str:
+    if epochs_left == 0 or not epoch_seconds:
+        return ""
+    minutes = sum(epoch_seconds) / len(epoch_seconds) * epochs_left / 60
+    return f"  ~{minutes:.1f} min of training left"
+
+
 # ---------------------------------------------------------------------- checkpoints and resume
 
 
@@ -406,13 +423,17 @@ def train_run(
     train = episodes(config, "train", data_root=options.data_root, seed=train_seed(config))
     val = episodes(config, "val", data_root=options.data_root, seed=config.data.val_seed)
     mirror = open_mirror(run_dir, config, run, options.wandb)
+    options.log(schedule_line(config, options.device))
+    seconds: list[float] = []
     try:
         for epoch in range(next_epoch, config.schedule.epochs):
             row, kept = run_epoch(
                 learner, train, val, config, epoch, run_dir, top_k, options.progress
             )
             mirror.log_epoch(row, learner.lslr_rates())
-            options.log(summary_line(row, config.schedule.epochs, kept))
+            seconds.append(row["time/epoch_s"])
+            left = remaining_line(seconds, config.schedule.epochs - epoch - 1)
+            options.log(summary_line(row, config.schedule.epochs, kept) + left)
         result = test_run(config, run_dir, top_k.epochs, options, episodes, write=True)
         mirror.log_summary(
             {f"test/{k}": v for k, v in result.items() if k in ("accuracy", "ci95", "std")}
