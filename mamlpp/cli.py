@@ -59,6 +59,7 @@ def _register() -> None:
     from mamlpp.data.cli import data; main.add_command(data)  # noqa: E702
     from mamlpp.sweep import sweep; main.add_command(sweep)  # noqa: E702, I001
     from analysis.cli import report; main.add_command(report)  # noqa: E702, I001
+    from mamlpp.bench import bench; main.add_command(bench)  # noqa: E702, I001
 
 
 _register()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +135,8 @@ class MetaLearner:
         weights = self.msl_weights(epoch)
         second_order = schedules.use_second_order(self.config, epoch)
         run = self._run_folded if self.engine == "folded" else self._run_loop
-        per_task_loss, results, bn_stats = run(batch, weights, second_order)
+        target_steps = {i for i, w in enumerate(weights) if w > 0}
+        per_task_loss, results, bn_stats = run(batch, weights, second_order, target_steps)
         return MetaLossResult(
             loss=per_task_loss.mean(),
             step_losses=_mean_per_step(results, "target_losses"),
@@ -145,7 +147,11 @@ class MetaLearner:
         )
 
     def _run_folded(
-        self, batch: TaskBatch, weights: list[float], second_order: bool
+        self,
+        batch: TaskBatch,
+        weights: Sequence[float | Tensor],
+        second_order: bool,
+        target_steps: set[int],
     ) -> tuple[Tensor, list[InnerLoopResult], list[model.BatchNormStats]]:
         tasks = batch.num_tasks
         stats: list[model.BatchNormStats] = []
@@ -161,12 +167,16 @@ class MetaLearner:
             self._inner_rates(detach=False),
             self.config.inner.steps,
             second_order,
-            target_steps={i for i, w in enumerate(weights) if w > 0},
+            target_steps,
         )
         return _weighted(result, weights), [result], stats
 
     def _run_loop(
-        self, batch: TaskBatch, weights: list[float], second_order: bool
+        self,
+        batch: TaskBatch,
+        weights: Sequence[float | Tensor],
+        second_order: bool,
+        target_steps: set[int],
     ) -> tuple[Tensor, list[InnerLoopResult], list[model.BatchNormStats]]:
         """Reference: one task at a time with plain (unbatched) convolutions."""
         losses, results, per_task_stats = [], [], []
@@ -183,7 +193,7 @@ class MetaLearner:
                 self._inner_rates(detach=False),
                 self.config.inner.steps,
                 second_order,
-                target_steps={i for i, w in enumerate(weights) if w > 0},
+                target_steps,
             )
             losses.append(_weighted(result, weights))
             results.append(result)
@@ -297,12 +307,10 @@ def _call_forward(
     return forward(fast, shared, running, x, step, spec, mode, stats)
 
 
-def _weighted(result: InnerLoopResult, weights: list[float]) -> Tensor:
-    """sum_i v_i * L_i over the steps with nonzero weight (per task)."""
+def _weighted(result: InnerLoopResult, weights: Sequence[float | Tensor]) -> Tensor:
+    """sum_i v_i * L_i over the steps whose target loss was computed (per task)."""
     terms = [
-        w * loss
-        for w, loss in zip(weights, result.target_losses, strict=True)
-        if w > 0 and loss is not None
+        w * loss for w, loss in zip(weights, result.target_losses, strict=True) if loss is not None
     ]
     return torch.stack(terms).sum(0)
 

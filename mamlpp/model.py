@@ -38,6 +38,8 @@ BN_EPS = 1e-5
 # Channels-last activations: on the CPU, max-pooling and batch norm of these small images run
 # 4-10x faster than in the default layout (measured: benchmarks/RESULTS.md); convs are unaffected.
 CHANNELS_LAST = torch.channels_last
+BN_KERNEL: Literal["auto", "fused", "elementwise"] = "auto"
+"""Batch-norm implementation: 'auto' is the fused kernel on CUDA, elementwise ops on the CPU."""
 
 
 @dataclass(frozen=True)
@@ -162,10 +164,25 @@ def _batch_norm(
 
 
 def _batch_norm_train(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch norm with batch statistics, written out in elementary ops on the channels-last
-    [n*H*W, C] view. Why not F.batch_norm: its second derivative (needed for second-order
-    MAML) ran 3-5x slower on the CPU than autograd through these ops (benchmarks/RESULTS.md).
-    Returns the output, the batch mean and the biased batch variance per channel."""
+    """Batch norm with batch statistics -> (output, batch mean, biased batch variance)."""
+    use_fused = BN_KERNEL == "fused" or (BN_KERNEL == "auto" and h.is_cuda)
+    return _batch_norm_fused(h, weight, bias) if use_fused else _batch_norm_elementwise(h, weight, bias)
+
+
+def _batch_norm_fused(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """torch's fused kernel (few launches: best on a GPU). With momentum 1 its "running"
+    buffers (fresh local tensors, not the model's) receive this pass's mean and unbiased var."""
+    count = h.numel() // h.shape[1]
+    mean = torch.zeros(h.shape[1], device=h.device, dtype=h.dtype)
+    var = torch.ones(h.shape[1], device=h.device, dtype=h.dtype)
+    out = F.batch_norm(h, mean, var, weight, bias, training=True, momentum=1.0, eps=BN_EPS)
+    return out, mean, var * ((count - 1) / count)
+
+
+def _batch_norm_elementwise(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch norm written out in elementary ops on the channels-last [n*H*W, C] view. Why not
+    F.batch_norm on the CPU: its second derivative (needed for second-order MAML) ran several
+    times slower there than autograd through these ops (benchmarks/RESULTS.md)."""
     n, c, height, width = h.shape
     rows = h.permute(0, 2, 3, 1).reshape(-1, c)
     var, mean = torch.var_mean(rows, dim=0, unbiased=False)

@@ -1,0 +1,176 @@
+"""`mamlpp bench`: seconds per outer iteration of the engine at the paper's shapes.
+
+Each row trains MAML++ (second order, MSL on at epoch 0, so every step's target loss is
+computed: the most expensive epoch) on random images of the paper's shapes, for the folded
+(vectorised) engine and the per-task loop, and prints s/iteration, iterations/s, the analytic
+GFLOP per iteration and the achieved GFLOP/s, and the loop/folded ratio.
+
+Analytic FLOPs (convolutions and the head, multiply-add = 2): per task, F_s = support images x
+steps and F_t = target images x steps of one forward each; the forward graph holds the support
+forwards, their input/weight backward (2 F_s) and the target forwards; the second-order outer
+backward costs about twice that graph. Total ~ 3 (3 F_s + F_t) per task.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import click
+import torch
+
+from mamlpp.batch import TaskBatch
+from mamlpp.config import Config
+from mamlpp.learner import MetaLearner
+from mamlpp.model import NetSpec, conv_flops_per_image
+from mamlpp.presets import get_preset
+
+SHAPES = {
+    "omniglot-20way-1shot": "omniglot_20way_1shot_mamlpp",
+    "omniglot-5way-1shot": "omniglot_5way_1shot_mamlpp",
+    "miniimagenet-5way-1shot": "miniimagenet_5way_1shot_mamlpp",
+}
+
+
+@dataclass
+class BenchRow:
+    shape: str
+    engine: str
+    device: str
+    seconds_per_iteration: float
+    gflop_per_iteration: float
+
+    @property
+    def iterations_per_second(self) -> float:
+        return 1.0 / self.seconds_per_iteration
+
+    @property
+    def gflops(self) -> float:
+        return self.gflop_per_iteration / self.seconds_per_iteration
+
+
+def analytic_gflop(config: Config) -> float:
+    """Estimated GFLOP of one second-order outer iteration with every step's target loss."""
+    per_image = conv_flops_per_image(NetSpec.from_config(config))
+    d, steps = config.data, config.inner.steps
+    support = per_image * d.n_way * d.k_shot * steps
+    target = per_image * d.n_way * d.target_per_class * steps
+    return 3 * (3 * support + target) * config.outer.meta_batch_size / 1e9
+
+
+def random_batch(config: Config, generator: torch.Generator) -> TaskBatch:
+    d, b = config.data, config.outer.meta_batch_size
+    image = (config.in_channels, config.image_size, config.image_size)
+    labels = torch.arange(d.n_way)
+    return TaskBatch(
+        torch.rand(b, d.n_way * d.k_shot, *image, generator=generator),
+        labels.repeat_interleave(d.k_shot).repeat(b, 1),
+        torch.rand(b, d.n_way * d.target_per_class, *image, generator=generator),
+        labels.repeat_interleave(d.target_per_class).repeat(b, 1),
+    )
+
+
+def time_engine(
+    config: Config, device: str, iterations: int, warmup: int, cuda_graph: bool = False
+) -> float:
+    """Median seconds per outer iteration at epoch 0 (every MSL step computed)."""
+    learner = MetaLearner(config, device=device)
+    step = learner.train_step
+    if cuda_graph:
+        from mamlpp.cuda_graph import GraphedTrainStep
+
+        step = GraphedTrainStep(learner)
+    batch = random_batch(config, torch.Generator().manual_seed(0)).to(device)
+    times = []
+    for i in range(warmup + iterations):
+        _synchronize(device)
+        start = time.perf_counter()
+        step(batch, 0)
+        _synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_benchmark(
+    shapes: list[str], engines: list[str], devices: list[str], iterations: int, warmup: int
+) -> list[BenchRow]:
+    rows = []
+    for shape in shapes:
+        config = get_preset(SHAPES[shape]).config
+        for device in devices:
+            for engine in engines:
+                graphed = engine == "folded+graph"
+                if graphed and not device.startswith("cuda"):
+                    continue
+                variant = replace(config, engine="folded" if graphed else engine)  # type: ignore[arg-type]
+                seconds = time_engine(variant, device, iterations, warmup, cuda_graph=graphed)
+                rows.append(BenchRow(shape, engine, device, seconds, analytic_gflop(config)))
+    return rows
+
+
+def format_rows(rows: list[BenchRow]) -> str:
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {
+            "shape": r.shape,
+            "device": r.device,
+            "engine": r.engine,
+            "s/iter": round(r.seconds_per_iteration, 4),
+            "iter/s": round(r.iterations_per_second, 2),
+            "GFLOP/iter": round(r.gflop_per_iteration, 1),
+            "GFLOP/s": round(r.gflops, 1),
+        }
+        for r in rows
+    )
+    ratios = [
+        f"{s} on {d}: loop / folded = {_ratio(rows, s, d):.2f}x"
+        for s in dict.fromkeys(r.shape for r in rows)
+        for d in dict.fromkeys(r.device for r in rows)
+        if _ratio(rows, s, d) is not None
+    ]
+    return table.to_string(index=False) + ("\n" + "\n".join(ratios) if ratios else "")
+
+
+def _ratio(rows: list[BenchRow], shape: str, device: str) -> float | None:
+    by_engine = {r.engine: r for r in rows if r.shape == shape and r.device == device}
+    if {"folded", "loop"} <= set(by_engine):
+        return by_engine["loop"].seconds_per_iteration / by_engine["folded"].seconds_per_iteration
+    return None
+
+
+@click.command()
+@click.option("--shape", "shapes", multiple=True, type=click.Choice(list(SHAPES)),
+              help="Paper shape(s) to time; default: all three.")
+@click.option("--engine", "engines", multiple=True,
+              type=click.Choice(["folded", "loop", "folded+graph"]),
+              help="Engine(s); default: folded and loop, plus folded+graph (CUDA graphs) on CUDA.")
+@click.option("--device", "devices", multiple=True,
+              help="Device(s), e.g. cpu, cuda; default: cpu, plus cuda when present.")
+@click.option("--iterations", default=5, show_default=True, help="Timed iterations per row.")
+@click.option("--warmup", default=2, show_default=True, help="Untimed iterations first.")
+def bench(shapes: tuple[str, ...], engines: tuple[str, ...], devices: tuple[str, ...],
+          iterations: int, warmup: int) -> None:  # fmt: skip
+    """Time one outer iteration (2nd order, MSL on, meta-batch as in the paper) per engine.
+
+    \b
+    Example:
+      mamlpp bench --shape omniglot-5way-1shot --device cpu
+    """
+    default_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = run_benchmark(
+        list(shapes) or list(SHAPES),
+        list(engines) or ["folded", "loop", "folded+graph"],
+        list(devices) or default_devices,
+        iterations,
+        warmup,
+    )
+    click.echo(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+               + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))  # fmt: skip
+    click.echo(format_rows(rows))

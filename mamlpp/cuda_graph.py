@@ -1,0 +1,143 @@
+"""One outer iteration replayed as a CUDA graph (GPU only, folded engine).
+
+On a GPU an outer iteration of the folded engine is thousands of small kernels, and the card
+waits on their launches (DESIGN.md section 5). A CUDA graph records the whole iteration once
+(inner loop, second-order backward, clipping, Adam, running-stat updates) and replays it with
+one launch. What changes between iterations lives in static tensors that are refilled before
+each replay: the meta-batch, the MSL weights and the meta learning rate. One graph is recorded
+per (steps whose target loss is computed, derivative order): two or three over a run.
+
+Only the numbers this module reads back differ in form from `MetaLearner.train_step`: they come
+back in one transfer per iteration.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mamlpp import schedules
+from mamlpp.batch import TaskBatch
+from mamlpp.learner import GRAD_STATS, MetaLearner, StepResult
+
+GraphKey = tuple[frozenset[int], bool]
+
+
+class GraphedTrainStep:
+    """`step = GraphedTrainStep(learner); step(batch, epoch)` replaces `learner.train_step`."""
+
+    def __init__(self, learner: MetaLearner) -> None:
+        if learner.device.type != "cuda" or learner.engine != "folded":
+            raise ValueError("CUDA graphs need the folded engine on a CUDA device")
+        self.learner = learner
+        c = learner.config
+        self.names = list(learner.meta_parameters())
+        self.lr = torch.tensor(c.outer.lr, device=learner.device)
+        state = learner.optimizer.state_dict()
+        learner.optimizer = torch.optim.Adam(
+            list(learner.meta_parameters().values()), lr=self.lr, betas=c.outer.betas,
+            capturable=True,
+        )  # fmt: skip
+        self._create_optimizer_state()
+        if state["state"]:
+            learner.optimizer.load_state_dict(state)
+            learner.optimizer.param_groups[0]["lr"] = self.lr
+        self.weights = torch.zeros(c.inner.steps, device=learner.device, dtype=learner.dtype)
+        self.static: TaskBatch | None = None
+        self.graphs: dict[GraphKey, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+
+    def __call__(self, batch: TaskBatch, epoch: int) -> StepResult:
+        learner = self.learner
+        weights = learner.msl_weights(epoch)
+        second_order = schedules.use_second_order(learner.config, epoch)
+        key: GraphKey = (frozenset(i for i, w in enumerate(weights) if w > 0), second_order)
+        self._load_inputs(batch.to(learner.device, learner.dtype), weights, epoch)
+        if key not in self.graphs:
+            self.graphs[key] = self._record(key)
+        graph, output = self.graphs[key]
+        graph.replay()
+        values = output.double().cpu().tolist()
+        stats = values[2:]
+        return StepResult(
+            loss=values[0],
+            accuracy=values[1],
+            msl_weights=weights,
+            second_order=second_order,
+            grad_stats={
+                name: dict(zip(GRAD_STATS, stats[4 * i : 4 * i + 4], strict=True))
+                for i, name in enumerate(self.names)
+            },
+            step_losses=[None] * len(weights),
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _load_inputs(self, batch: TaskBatch, weights: list[float], epoch: int) -> None:
+        if self.static is None:
+            self.static = TaskBatch(*(t.clone() for t in batch))
+        else:
+            for static, new in zip(self.static, batch, strict=True):
+                static.copy_(new)
+        self.weights.copy_(torch.tensor(weights))
+        self.lr.fill_(self.learner.meta_lr(epoch))
+
+    def _create_optimizer_state(self) -> None:
+        """Adam creates its moment buffers at its first step; a step with zero gradients creates
+        them without moving the parameters (the update is lr * 0 / (0 + eps)). Its step counter
+        is then reset, so recording updates the buffers rather than creating them."""
+        optimizer = self.learner.optimizer
+        for p in self.learner.meta_parameters().values():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        for state in optimizer.state.values():
+            state["step"].zero_()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _snapshot(self) -> list[Tensor]:
+        tensors = list(self.learner.meta_parameters().values()) + list(self.learner.running.values())
+        for state in self.learner.optimizer.state.values():
+            tensors += [v for v in state.values() if isinstance(v, Tensor)]
+        return tensors
+
+    def _record(self, key: GraphKey) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        live = self._snapshot()
+        saved = [t.detach().clone() for t in live]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up (library handles, autotuning), then undone below
+                self._iteration(key)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for t, s in zip(live, saved, strict=True):
+                t.copy_(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self._iteration(key)
+        return graph, output
+
+    def _iteration(self, key: GraphKey) -> Tensor:
+        """One outer update on the static inputs, returning [loss, acc, grad stats...]."""
+        learner, (target_steps, second_order) = self.learner, key
+        assert self.static is not None
+        learner.optimizer.zero_grad(set_to_none=True)
+        per_task, results, bn_stats = learner._run_folded(
+            self.static, list(self.weights.unbind(0)), second_order, set(target_steps)
+        )
+        loss = per_task.mean()
+        loss.backward()
+        meta = learner.meta_parameters()
+        clip = learner.config.outer.grad_clip
+        rows = []
+        for name in self.names:
+            grad = meta[name].grad
+            assert grad is not None
+            if clip is not None:
+                grad.clamp_(-clip, clip)
+            g = grad.detach().abs()
+            rows.append(torch.stack([g.max(), g.min(), g.mean(), g.norm()]))
+        learner.optimizer.step()
+        learner._update_running_stats(bn_stats)
+        accuracy = results[0].target_accuracies[-1]
+        assert accuracy is not None
+        head = torch.stack([loss.detach(), accuracy.mean()])
+        return torch.cat([head, torch.stack(rows).flatten()])
