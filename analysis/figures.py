@@ -112,10 +112,10 @@ def gradient_figures(runs: list[Run]) -> list[tuple[str, str, Figure]]:
         families.setdefault(_family(r), []).append(r)
     out = []
     for family, members in sorted(families.items()):
-        chosen = _msl_pair(members)
-        frame = grad_frame(chosen)
+        frame = grad_frame(_msl_pair([r for r in members if r.metrics()]))
         if frame.empty:
             continue
+        chosen = [r for r in members if r.name in set(frame["run"])]
         params = _grad_params(sorted(frame["param"].unique().tolist()))
         scale = family[-1]
         title = f"Meta-gradient |g| statistics, {' '.join(family[:3])} ({family[3]}): MSL off vs on{_suffix(scale)}"

@@ -104,3 +104,12 @@ def test_figures_are_written_as_png_and_pdf(runs: list[Run], tmp_path: Path) -> 
     for _, _, paths in written:
         assert [p.suffix for p in paths] == [".png", ".pdf"]
         assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+
+def test_no_gradient_figure_when_only_one_side_has_metrics(tmp_path: Path) -> None:
+    from analysis.example_runs import write_run
+
+    write_run(tmp_path, "omniglot_20way_1shot_maml", 0)
+    started = write_run(tmp_path, "omniglot_20way_1shot_maml_msl", 0, test_accuracy=None)
+    (started / "metrics.jsonl").unlink()  # started, no epoch finished yet
+    assert gradient_figures(load_runs(tmp_path)) == []
