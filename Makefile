@@ -7,6 +7,8 @@ SCALE  ?= smoke
 JOBS   ?= auto
 SEEDS  ?= 0 1 2
 ROWS   ?=
+SET    ?=
+REPORTS ?= reports
 RUNS   ?= runs
 export MAMLPP_DATA ?= $(CURDIR)/data
 
@@ -17,7 +19,7 @@ help:
 	@echo "make test    run the test suite"
 	@echo "make check   ruff + mypy"
 	@echo "make bench   engine speed benchmark (seconds per outer iteration)"
-	@echo "make table1|table2|figure2 SCALE=smoke|paper JOBS=N|auto [SEEDS='0 1 2'] [ROWS=preset...]"
+	@echo "make table1|table2|figure2 SCALE=smoke|paper JOBS=N|auto [SEEDS='0 1 2'] [ROWS=preset...] [SET=key=value...]"
 	@echo "            train the missing runs of a paper experiment (JOBS=auto: one per GPU), then its report"
 	@echo "make report  rebuild reports/ from the run directories"
 
@@ -63,11 +65,11 @@ bench: setup
 
 table1 table2 figure2: setup
 	$(BIN)/mamlpp sweep run $@ --scale $(SCALE) --jobs $(JOBS) --runs-dir $(RUNS)/$(SCALE) \
-		$(foreach s,$(SEEDS),--seed $(s)) $(foreach r,$(ROWS),--preset $(r))
-	$(BIN)/mamlpp report --runs-dir $(RUNS)/$(SCALE) --out reports/$(SCALE)
+		$(foreach s,$(SEEDS),--seed $(s)) $(foreach r,$(ROWS),--preset $(r)) $(foreach o,$(SET),--set $(o))
+	$(BIN)/mamlpp report --runs-dir $(RUNS)/$(SCALE) --out $(REPORTS)/$(SCALE)
 
 report: setup
-	$(BIN)/mamlpp report --runs-dir $(RUNS)/$(SCALE) --out reports/$(SCALE)
+	$(BIN)/mamlpp report --runs-dir $(RUNS)/$(SCALE) --out $(REPORTS)/$(SCALE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -62,7 +62,12 @@ class Measurement:
 
 
 def measure_one(
-    preset: str, device: str, iterations: int, val_tasks: int, data_root: str | None
+    preset: str,
+    device: str,
+    iterations: int,
+    val_tasks: int,
+    data_root: str | None,
+    overrides: tuple[str, ...] = (),
 ) -> Measurement:
     from mamlpp.sweep import train_command_prefix
 
@@ -74,6 +79,7 @@ def measure_one(
             f"schedule.iterations_per_epoch={iterations}",
             f"schedule.val_tasks={val_tasks}",
             f"schedule.test_tasks={val_tasks}",
+            *overrides,
         ):
             argv += ["--set", item]
         if data_root:
@@ -115,7 +121,7 @@ def closest(preset: str, measured: dict[str, Measurement]) -> str | None:
     return min(measured, key=distance, default=None)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Measure paper-scale speed and project device-hours per experiment."""
 
@@ -126,6 +132,7 @@ def main() -> None:
 @click.option("--val-tasks", default=100, show_default=True)
 @click.option("--data-root", default=None)
 @click.option("--budget-s", default=360.0, show_default=True, help="Stop starting new runs after.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Extra override.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.argument("presets", nargs=-1)
 def measure(
@@ -134,6 +141,7 @@ def measure(
     val_tasks: int,
     data_root: str | None,
     budget_s: float,
+    overrides: tuple[str, ...],
     out: Path,
     presets: tuple[str, ...],
 ) -> None:
@@ -145,7 +153,7 @@ def measure(
             continue
         t0 = time.monotonic()
         try:
-            m = measure_one(preset, device, iterations, val_tasks, data_root)
+            m = measure_one(preset, device, iterations, val_tasks, data_root, overrides)
         except click.ClickException as e:
             click.echo(f"skip {e.message}")
             continue

@@ -8,7 +8,9 @@ writes `test.json`, so these tests check the runner's logic without training any
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -229,10 +231,11 @@ def test_agent_command_is_the_local_runners_command(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- end to end, real training
 # `make table1 SCALE=smoke` shrunk to two rows, one seed and a tiny schedule, on real Omniglot
-# with the real `mamlpp train`: one grid point is run by the exported W&B sweep's own command,
-# the local runner recognises it as finished and trains only the other, and a second
-# invocation trains nothing.
+# with the real `mamlpp train` and `mamlpp report`: one grid point is first run by the exported
+# W&B sweep's own command; make's runner recognises it as finished and trains only the other,
+# then builds the report; a second `make table1` trains nothing.
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = (
     "schedule.epochs=1",
     "schedule.iterations_per_epoch=1",
@@ -245,22 +248,24 @@ TINY = (
 )
 
 
-def _real_sweep_run(runs: Path, data_root: Path) -> str:
-    args = ["sweep", "run", "table1", "--scale", "smoke", "--runs-dir", str(runs), "--seed", "0"]
-    args += [w for row in ROWS for w in ("--preset", row)]
-    args += [w for item in TINY for w in ("--set", item)]
-    args += ["--data-root", str(data_root), "--wandb", "off", "--jobs", "1"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    return result.output
+def _make_table1(runs: Path, reports: Path, data_root: Path) -> str:
+    venv = Path(sys.prefix)  # this environment; -o: never rebuild it from the test
+    command = ["make", "-s", "-C", str(REPO), "-o", str(venv / ".installed-stamp"), "table1"]
+    command += [f"VENV={venv}", "SCALE=smoke", "SEEDS=0", "JOBS=1", f"ROWS={' '.join(ROWS)}"]
+    command += [f"SET={' '.join(TINY)}", f"RUNS={runs}", f"REPORTS={reports}"]
+    env = {**os.environ, "MAMLPP_DATA": str(data_root), "WANDB_MODE": "disabled"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return done.stdout
 
 
-def test_tiny_table1_end_to_end_with_the_wandb_command(
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_tiny_make_table1_end_to_end_with_the_wandb_command(
     tmp_path: Path, shared_data_root: Path
 ) -> None:
-    runs = tmp_path / "runs" / "smoke"
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
     options = ("--data-root", str(shared_data_root), "--wandb", "online")
-    sweep = build_sweep("table1", "smoke", runs, ROWS, (0,), TINY, options)
+    sweep = build_sweep("table1", "smoke", runs / "smoke", ROWS, (0,), TINY, options)
     first, second = sweep.points
     definition = yaml.safe_load(yaml.safe_dump(wandb_sweep_definition(sweep, "mamlpp")))
 
@@ -274,15 +279,16 @@ def test_tiny_table1_end_to_end_with_the_wandb_command(
     assert done.returncode == 0, done.stderr[-2000:]
     assert is_finished(sweep.run_dir(first))
 
-    out = _real_sweep_run(runs, shared_data_root)
+    out = _make_table1(runs, reports, shared_data_root)
     assert "2 runs in" in out and "1 finished, 0 unfinished (resume), 1 missing" in out
     assert f"[1/1] start {sweep.run_dir(second).name}" in out
     assert is_finished(sweep.run_dir(first)) and is_finished(sweep.run_dir(second))
-    assert sorted(p.name for p in runs.iterdir()) == sorted(
+    assert sorted(p.name for p in (runs / "smoke").iterdir()) == sorted(
         [sweep.run_dir(first).name, sweep.run_dir(second).name]
     )
+    assert (reports / "smoke" / "index.html").is_file()
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
 
-    out = _real_sweep_run(runs, shared_data_root)
+    out = _make_table1(runs, reports, shared_data_root)
     assert "2 finished, 0 unfinished (resume), 0 missing" in out and "Nothing to train" in out
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps
