@@ -13,6 +13,8 @@ back in one transfer per iteration.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -26,9 +28,12 @@ GraphKey = tuple[frozenset[int], bool]
 class GraphedTrainStep:
     """`step = GraphedTrainStep(learner); step(batch, epoch)` replaces `learner.train_step`."""
 
-    def __init__(self, learner: MetaLearner) -> None:
-        if learner.device.type != "cuda" or learner.engine != "folded":
+    def __init__(self, learner: MetaLearner, record: bool = True) -> None:
+        """record=False runs the same static-input iteration without recording a graph (on any
+        device): how the tests check this module's logic against `train_step` on the CPU."""
+        if learner.engine != "folded" or (record and learner.device.type != "cuda"):
             raise ValueError("CUDA graphs need the folded engine on a CUDA device")
+        self.record = record
         self.learner = learner
         c = learner.config
         self.names = list(learner.meta_parameters())
@@ -36,7 +41,7 @@ class GraphedTrainStep:
         state = learner.optimizer.state_dict()
         learner.optimizer = torch.optim.Adam(
             list(learner.meta_parameters().values()), lr=self.lr, betas=c.outer.betas,
-            capturable=True,
+            capturable=record,
         )  # fmt: skip
         self._create_optimizer_state()
         if state["state"]:
@@ -44,7 +49,7 @@ class GraphedTrainStep:
             learner.optimizer.param_groups[0]["lr"] = self.lr
         self.weights = torch.zeros(c.inner.steps, device=learner.device, dtype=learner.dtype)
         self.static: TaskBatch | None = None
-        self.graphs: dict[GraphKey, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self.graphs: dict[GraphKey, tuple[torch.cuda.CUDAGraph | _Unrecorded, Tensor]] = {}
 
     def __call__(self, batch: TaskBatch, epoch: int) -> StepResult:
         learner = self.learner
@@ -98,7 +103,10 @@ class GraphedTrainStep:
             tensors += [v for v in state.values() if isinstance(v, Tensor)]
         return tensors
 
-    def _record(self, key: GraphKey) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+    def _record(self, key: GraphKey) -> tuple[torch.cuda.CUDAGraph | _Unrecorded, Tensor]:
+        if not self.record:
+            unrecorded = _Unrecorded(lambda: self._iteration(key))
+            return unrecorded, unrecorded.output
         live = self._snapshot()
         saved = [t.detach().clone() for t in live]
         side = torch.cuda.Stream()
@@ -141,3 +149,15 @@ class GraphedTrainStep:
         assert accuracy is not None
         head = torch.stack([loss.detach(), accuracy.mean()])
         return torch.cat([head, torch.stack(rows).flatten()])
+
+
+class _Unrecorded:
+    """Stands in for a CUDA graph: replay() reruns the iteration into the same output tensor."""
+
+    def __init__(self, iteration: Callable[[], Tensor]) -> None:
+        self.iteration = iteration
+        self.output = torch.empty(0)
+
+    def replay(self) -> None:
+        result = self.iteration()
+        self.output.resize_(result.shape).copy_(result)

@@ -316,3 +316,38 @@ def test_seeds_give_different_initialisations() -> None:
     a, b = MetaLearner(c), MetaLearner(replace(c, seed=1))
     assert not torch.equal(a.params["conv1.weight"], b.params["conv1.weight"])
     torch.testing.assert_close(a.params["conv1.weight"], MetaLearner(c).params["conv1.weight"])
+
+
+# ---------------------------------------------------------------- kernels and the graphed step
+
+
+def test_fused_and_elementwise_batch_norm_give_the_same_meta_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = synthetic_config()
+    batch = random_batch(c, 2)
+    out = {}
+    for kernel in ("fused", "elementwise"):
+        monkeypatch.setattr(model, "BN_KERNEL", kernel)
+        learner = MetaLearner(c, dtype=torch.float64)
+        grads = meta_gradients(learner, batch, 0)
+        learner.train_step(batch, 0)
+        out[kernel] = (grads, learner.running["bn2.running_var"].clone())
+    for k in out["fused"][0]:
+        torch.testing.assert_close(out["fused"][0][k], out["elementwise"][0][k], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out["fused"][1], out["elementwise"][1], rtol=0, atol=1e-12)
+
+
+def test_graphed_step_logic_equals_train_step_without_recording() -> None:
+    """The CUDA-graph step's static-input iteration (run unrecorded, on the CPU) must update
+    the learner exactly as train_step does; only the recording itself needs a GPU."""
+    from mamlpp.cuda_graph import GraphedTrainStep
+
+    c = synthetic_config()
+    batches = [random_batch(c, 4, seed=s) for s in range(3)]
+    eager, static = MetaLearner(c, dtype=torch.float64), MetaLearner(c, dtype=torch.float64)
+    step = GraphedTrainStep(static, record=False)
+    for epoch, b in enumerate(batches):
+        a, s = eager.train_step(b, epoch), step(b, epoch)
+        assert s.loss == pytest.approx(a.loss, rel=1e-6)
+        assert s.grad_stats["conv1.weight"]["norm"] == pytest.approx(a.grad_stats["conv1.weight"]["norm"], rel=1e-6)
+    for k, v in eager.meta_parameters().items():
+        torch.testing.assert_close(static.meta_parameters()[k], v, rtol=0, atol=1e-7)
