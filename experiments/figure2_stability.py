@@ -12,9 +12,10 @@ gives a figure, not numbers:
 2 presets x seeds 0, 1, 2 = 6 runs. The curve is the training loss of every outer iteration,
 which every run writes to ``iterations.jsonl`` (docs/run-directory.md); nothing extra to log.
 
-Expected runtime:
-- smoke: 6 runs, each like an Omniglot 20-way 1-shot smoke run (README: measured per-run time).
-- paper: 6 x 75,000 outer iterations; GPU-hours = the README's formula.
+Expected runtime (timed as the max-pool Omniglot 20-way 1-shot rows, README "Runtime"):
+- smoke: about 6 x 1.2-3.1 hours on the shared 2-core CPU (about 13 hours); about 0.1
+  GPU-hours on one H200.
+- paper: about 15 H200 GPU-hours (2.2-2.8 hours per run).
 
 Command:
     make figure2 SCALE=smoke            # = mamlpp sweep run figure2 --scale smoke --jobs auto --runs-dir runs/smoke

@@ -18,11 +18,13 @@ Rows (preset: the paper's test accuracy, %, mean +- std over 3 seeds where the p
 
 11 presets x seeds 0, 1, 2 = 33 runs. The MAML++ runs also feed the learning-rate charts.
 
-Expected runtime (see README, "Running the paper's experiments", for how it was measured):
-- smoke (8 epochs x 100 iterations, 100 validation tasks, 600 test tasks): see the README's
-  measured wall time for the whole table on the 2-core CPU.
-- paper (150 epochs x 500 iterations, 600 validation tasks per epoch): 33 x 75,000 outer
-  iterations; GPU-hours = the README's formula with the benchmarked seconds per iteration.
+Expected runtime (projected from timed short runs: `python -m experiments.cost`, README
+"Runtime"; the files are experiments/cost_cpu2.jsonl and experiments/cost_h200.jsonl):
+- smoke (8 epochs x 100 iterations, 100 validation tasks, 600 test tasks): about 85 hours on the
+  shared 2-core CPU (a 5-way 1-shot run about 17 minutes, a 20-way 5-shot run about 5 hours);
+  about 0.8 GPU-hours on one H200.
+- paper (150 epochs x 500 iterations, 600 validation tasks per epoch): about 92 H200 GPU-hours
+  (2.2-3.1 hours per run), about 13 hours on 8 GPUs.
 
 Command:
     make table1 SCALE=smoke JOBS=1      # = mamlpp sweep run table1 --scale smoke --jobs 1 --runs-dir runs/smoke

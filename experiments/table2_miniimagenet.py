@@ -16,11 +16,11 @@ Rows (preset: the paper's test accuracy, %, mean +- std over 3 seeds where the p
 8 presets x seeds 0, 1, 2 = 24 runs. Needs mini-ImageNet under the data root (DESIGN.md §3
 lists the accepted formats); this machine has none, so the table has not been run here.
 
-Expected runtime:
-- smoke: 24 runs of 8 x 100 iterations at 84x84, 15 target images per class; on a 2-core CPU
-  expect several times the Omniglot 5-way time per run (not measured here: no data).
-- paper: 24 x 75,000 outer iterations; GPU-hours = the README's formula with the benchmarked
-  seconds per mini-ImageNet iteration.
+Expected runtime (projected from timed short runs on random pixels of the real shapes:
+`python -m experiments.cost`, README "Runtime", experiments/cost_h200.jsonl):
+- smoke: about 1 GPU-hour on one H200 (about 2.5 minutes per run); not timed on the CPU.
+- paper: about 85 H200 GPU-hours (3.5-3.8 hours per run; the MAML and 1-4-step rows are
+  timed as the 5-step MAML++ row, so this is an upper bound), about 11 hours on 8 GPUs.
 
 Command:
     make table2 SCALE=smoke             # = mamlpp sweep run table2 --scale smoke --jobs auto --runs-dir runs/smoke
