@@ -80,14 +80,14 @@ def bench_variants() -> None:
     config = get_preset("omniglot_20way_1shot_mamlpp").config
     for kernel in ("fused", "elementwise"):
         for fmt_name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
-            model.BN_KERNEL, model.CHANNELS_LAST = kernel, fmt  # type: ignore[assignment]
+            model.BN_KERNEL, model.MEMORY_FORMAT = kernel, fmt  # type: ignore[assignment]
             for graphed in (True,):
                 try:
                     s = time_engine(config, "cuda", iterations=6, warmup=2, cuda_graph=graphed)
                     say(f"[variant] omniglot-20way-1shot bn={kernel} layout={fmt_name} graph={graphed}: {s * 1000:.1f} ms/iter")
                 except Exception as e:
                     say(f"[variant] bn={kernel} layout={fmt_name} graph={graphed} FAILED: {type(e).__name__}: {e}")
-    model.BN_KERNEL, model.CHANNELS_LAST = "auto", torch.channels_last
+    model.BN_KERNEL, model.MEMORY_FORMAT = "fused", torch.contiguous_format
 
 
 if __name__ == "__main__":

@@ -35,11 +35,11 @@ Params = Mapping[str, Tensor]
 BNMode = Literal["batch", "running"]
 LEAKY_SLOPE = 0.01
 BN_EPS = 1e-5
-# Channels-last activations: on the CPU, max-pooling and batch norm of these small images run
-# 4-10x faster than in the default layout (measured: benchmarks/RESULTS.md); convs are unaffected.
-CHANNELS_LAST = torch.channels_last
-BN_KERNEL: Literal["auto", "fused", "elementwise"] = "auto"
-"""Batch-norm implementation: 'auto' is the fused kernel on CUDA, elementwise ops on the CPU."""
+# Activation layout and batch-norm kernel: the contiguous layout with torch's fused batch norm
+# was the fastest end to end on both the 2-core CPU and the H200 (benchmarks/RESULTS.md), though
+# channels-last pooling alone is faster in isolation. Both switches stay for benchmarking.
+MEMORY_FORMAT = torch.contiguous_format
+BN_KERNEL: Literal["fused", "elementwise"] = "fused"
 
 
 @dataclass(frozen=True)
@@ -165,12 +165,13 @@ def _batch_norm(
 
 def _batch_norm_train(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Batch norm with batch statistics -> (output, batch mean, biased batch variance)."""
-    use_fused = BN_KERNEL == "fused" or (BN_KERNEL == "auto" and h.is_cuda)
-    return _batch_norm_fused(h, weight, bias) if use_fused else _batch_norm_elementwise(h, weight, bias)
+    if BN_KERNEL == "fused":
+        return _batch_norm_fused(h, weight, bias)
+    return _batch_norm_elementwise(h, weight, bias)
 
 
 def _batch_norm_fused(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """torch's fused kernel (few launches: best on a GPU). With momentum 1 its "running"
+    """torch's fused kernel. With momentum 1 its "running"
     buffers (fresh local tensors, not the model's) receive this pass's mean and unbiased var."""
     count = h.numel() // h.shape[1]
     mean = torch.zeros(h.shape[1], device=h.device, dtype=h.dtype)
@@ -180,9 +181,9 @@ def _batch_norm_fused(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, 
 
 
 def _batch_norm_elementwise(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch norm written out in elementary ops on the channels-last [n*H*W, C] view. Why not
-    F.batch_norm on the CPU: its second derivative (needed for second-order MAML) ran several
-    times slower there than autograd through these ops (benchmarks/RESULTS.md)."""
+    """Batch norm written out in elementary ops on the [n*H*W, C] view (a free view in the
+    channels-last layout): an alternative to the fused kernel's composite second derivative,
+    kept for benchmarking (benchmarks/RESULTS.md)."""
     n, c, height, width = h.shape
     rows = h.permute(0, 2, 3, 1).reshape(-1, c)
     var, mean = torch.var_mean(rows, dim=0, unbiased=False)
@@ -204,7 +205,7 @@ def forward_tasks(
     `shared` the BN scale/shift, `x` is [B, n, C, H, W]."""
     tasks, n = x.shape[:2]
     h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
-    h = h.contiguous(memory_format=CHANNELS_LAST)
+    h = h.contiguous(memory_format=MEMORY_FORMAT)
     stride = 2 if spec.downsample == "stride" else 1
     for i in range(spec.stages):
         w = fast[f"conv{i}.weight"]
@@ -235,7 +236,7 @@ def forward_task(
 ) -> Tensor:
     """Logits [n, N] of one task: unbatched weights, `x` is [n, C, H, W]."""
     stride = 2 if spec.downsample == "stride" else 1
-    h = x.contiguous(memory_format=CHANNELS_LAST)
+    h = x.contiguous(memory_format=MEMORY_FORMAT)
     for i in range(spec.stages):
         h = F.conv2d(h, fast[f"conv{i}.weight"], fast[f"conv{i}.bias"], stride=stride, padding=1)
         h = _batch_norm(h, i, step, 1, shared, running, spec, mode, stats_out)

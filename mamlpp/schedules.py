@@ -30,10 +30,12 @@ def use_second_order(config: Config, epoch: int) -> bool:
 
 
 def meta_lr(config: Config, epoch: int) -> float:
-    """CA: cosine from `outer.lr` to `outer.min_lr` over the run, stepped once per epoch
-    (torch's CosineAnnealingLR with T_max = epochs, as the original code steps it)."""
+    """CA: cosine from `outer.lr` to `outer.min_lr` over `outer.cosine_epochs` (default: the
+    run's epochs), stepped once per epoch (torch's CosineAnnealingLR with T_max = epochs, as the
+    original code steps it)."""
     o = config.outer
     if not o.cosine:
         return o.lr
-    progress = min(epoch, config.schedule.epochs) / config.schedule.epochs
+    horizon = o.cosine_epochs or config.schedule.epochs
+    progress = min(epoch, horizon) / horizon
     return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))
