@@ -54,12 +54,14 @@ def presets(verbose: bool) -> None:
 
 def _register() -> None:
     """Attach the subcommands owned by other modules."""
-    # Each owner adds one line here: `from X import cmd; main.add_command(cmd)`.
-    from mamlpp.train_cli import test, train; main.add_command(train); main.add_command(test)  # noqa: E702, I001
-    from mamlpp.data.cli import data; main.add_command(data)  # noqa: E702
-    from mamlpp.sweep import sweep; main.add_command(sweep)  # noqa: E702, I001
-    from analysis.cli import report; main.add_command(report)  # noqa: E702, I001
-    from mamlpp.bench import bench; main.add_command(bench)  # noqa: E702, I001
+    from analysis.cli import report
+    from mamlpp.bench import bench
+    from mamlpp.data.cli import data
+    from mamlpp.sweep import sweep
+    from mamlpp.train_cli import test, train
+
+    for command in (train, test, data, sweep, report, bench):
+        main.add_command(command)
 
 
 _register()
