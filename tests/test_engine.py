@@ -351,3 +351,12 @@ def test_graphed_step_logic_equals_train_step_without_recording() -> None:
         assert s.grad_stats["conv1.weight"]["norm"] == pytest.approx(a.grad_stats["conv1.weight"]["norm"], rel=1e-6)
     for k, v in eager.meta_parameters().items():
         torch.testing.assert_close(static.meta_parameters()[k], v, rtol=0, atol=1e-7)
+
+
+def test_auto_engine_follows_the_measured_choice() -> None:
+    from mamlpp.presets import get_preset
+
+    assert MetaLearner(get_preset("omniglot_5way_1shot_mamlpp").config).engine == "folded"
+    assert MetaLearner(get_preset("miniimagenet_5way_1shot_mamlpp").config).engine == "loop"
+    pinned = replace(get_preset("miniimagenet_5way_1shot_mamlpp").config, engine="folded")
+    assert MetaLearner(pinned).engine == "folded"
