@@ -13,8 +13,8 @@ gives a figure, not numbers:
 which every run writes to ``iterations.jsonl`` (docs/run-directory.md); nothing extra to log.
 
 Expected runtime (timed as the max-pool Omniglot 20-way 1-shot rows, README "Runtime"):
-- smoke: about 6 x 1.2-3.1 hours on the shared 2-core CPU (about 13 hours); about 0.1
-  GPU-hours on one H200.
+- smoke: about 6 x 40 minutes on the 2-core CPU (estimated from `mamlpp bench --device cpu`,
+  3.3 s per 20-way iteration); about 0.1 GPU-hours on one H200.
 - paper: about 15 H200 GPU-hours (2.2-2.8 hours per run).
 
 Command:

@@ -20,9 +20,10 @@ Rows (preset: the paper's test accuracy, %, mean +- std over 3 seeds where the p
 
 Expected runtime (projected from timed short runs: `python -m experiments.cost`, README
 "Runtime"; the files are experiments/cost_cpu2.jsonl and experiments/cost_h200.jsonl):
-- smoke (8 epochs x 100 iterations, 100 validation tasks, 600 test tasks): about 85 hours on the
-  shared 2-core CPU (a 5-way 1-shot run about 17 minutes, a 20-way 5-shot run about 5 hours);
-  about 0.8 GPU-hours on one H200.
+- smoke (10 epochs x 60 iterations, 40 validation tasks, 600 test tasks) on the 2-core CPU:
+  measured 11 minutes for a 5-way 1-shot MAML++ run; estimated about 40 minutes per 20-way
+  1-shot run and longer for 5-shot rows, about a day for the table (README "Runtime");
+  under an hour on one H200.
 - paper (150 epochs x 500 iterations, 600 validation tasks per epoch): about 92 H200 GPU-hours
   (2.2-3.1 hours per run), about 13 hours on 8 GPUs.
 
