@@ -43,6 +43,16 @@ def check_folded_equals_loop_on_cuda() -> None:
 
 
 def check_graph_equals_eager() -> None:
+    """Graphed vs eager losses, with cuDNN's TF32 convolutions on (torch's default) and off: if
+    the gap closes without TF32, it is rounding from different conv algorithms, not a bug."""
+    for tf32 in (True, False):
+        torch.backends.cudnn.allow_tf32 = tf32
+        say(f"[check] cudnn.allow_tf32={tf32}")
+        _compare_graph_and_eager()
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def _compare_graph_and_eager() -> None:
     from mamlpp.cuda_graph import GraphedTrainStep
 
     c = get_preset("omniglot_20way_1shot_mamlpp").config
