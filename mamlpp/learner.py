@@ -25,7 +25,7 @@ from torch import Tensor
 from mamlpp import model, schedules
 from mamlpp.batch import TaskBatch
 from mamlpp.config import Config
-from mamlpp.inner_loop import InnerLoopResult, Rates, inner_loop
+from mamlpp.inner_loop import Forward, InnerLoopResult, Rates, inner_loop
 
 GRAD_STATS = ("max", "min", "mean", "norm")
 
@@ -159,16 +159,7 @@ class MetaLearner:
             _call_forward, model.forward_tasks, self.params, self.running, self.spec, "batch", stats
         )
         fast = {k: self.params[k].expand(tasks, *self.params[k].shape) for k in self.adapted_names}
-        result = inner_loop(
-            forward,
-            fast,
-            (batch.support_x, batch.support_y),
-            (batch.target_x, batch.target_y),
-            self._inner_rates(detach=False),
-            self.config.inner.steps,
-            second_order,
-            target_steps,
-        )
+        result = self._adapt(forward, fast, batch, second_order, target_steps)
         return _weighted(result, weights), [result], stats
 
     def _run_loop(
@@ -185,20 +176,35 @@ class MetaLearner:
             forward = functools.partial(
                 _call_forward, model.forward_task, self.params, self.running, self.spec, "batch", stats
             )
-            result = inner_loop(
-                forward,
-                {k: self.params[k] for k in self.adapted_names},
-                (batch.support_x[b], batch.support_y[b]),
-                (batch.target_x[b], batch.target_y[b]),
-                self._inner_rates(detach=False),
-                self.config.inner.steps,
-                second_order,
-                target_steps,
-            )
+            fast = {k: self.params[k] for k in self.adapted_names}
+            result = self._adapt(forward, fast, _task(batch, b), second_order, target_steps)
             losses.append(_weighted(result, weights))
             results.append(result)
             per_task_stats.append(stats)
         return torch.stack(losses), results, _average_stats(per_task_stats)
+
+    def _adapt(
+        self,
+        forward: Forward,
+        fast: dict[str, Tensor],
+        batch: TaskBatch,
+        second_order: bool,
+        target_steps: set[int] | None = None,
+        evaluation: bool = False,
+    ) -> InnerLoopResult:
+        """The inner loop on a batch: training steps with trainable rates, or (evaluation)
+        `eval_steps` first-order steps with the rates as constants and only the last target."""
+        steps = self.config.inner.eval_steps if evaluation else self.config.inner.steps
+        return inner_loop(
+            forward,
+            fast,
+            (batch.support_x, batch.support_y),
+            (batch.target_x, batch.target_y),
+            self._inner_rates(detach=evaluation),
+            steps,
+            second_order,
+            target_steps or set(),
+        )
 
     # ------------------------------------------------------------------ outer update
     def train_step(self, batch: TaskBatch, epoch: int) -> StepResult:
@@ -251,16 +257,7 @@ class MetaLearner:
                 k: shared[k].expand(tasks, *shared[k].shape).clone().requires_grad_()
                 for k in self.adapted_names
             }
-            result = inner_loop(
-                forward,
-                fast,
-                (batch.support_x, batch.support_y),
-                (batch.target_x, batch.target_y),
-                self._inner_rates(detach=True),
-                self.config.inner.eval_steps,
-                second_order=False,
-                target_steps=set(),
-            )
+            result = self._adapt(forward, fast, batch, second_order=False, evaluation=True)
         assert result.final_logits is not None
         logits = result.final_logits.detach()
         loss, acc = result.target_losses[-1], result.target_accuracies[-1]
@@ -310,6 +307,11 @@ def _call_forward(
     fast: Any, x: Tensor, step: int,
 ) -> Tensor:  # fmt: skip
     return forward(fast, shared, running, x, step, spec, mode, stats)
+
+
+def _task(batch: TaskBatch, b: int) -> TaskBatch:
+    """Task b without its task dimension (the per-task loop's unbatched tensors)."""
+    return TaskBatch(*(t[b] for t in batch))
 
 
 def _weighted(result: InnerLoopResult, weights: Sequence[float | Tensor]) -> Tensor:
