@@ -155,29 +155,27 @@ def _batch_norm(
         return F.batch_norm(h, mean, var, weight, bias, training=False, eps=BN_EPS)
     out, mean, var = _batch_norm_train(h, weight, bias)
     if stats_out is not None:
-        count = h.numel() // h.shape[1]
-        unbiased = var.detach() * (count / max(count - 1, 1))
         stats_out.append(
-            BatchNormStats(layer, step, mean.detach().view(tasks, -1).mean(0), unbiased.view(tasks, -1).mean(0))
+            BatchNormStats(layer, step, mean.view(tasks, -1).mean(0), var.view(tasks, -1).mean(0))
         )
     return out
 
 
 def _batch_norm_train(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch norm with batch statistics -> (output, batch mean, biased batch variance)."""
+    """Batch norm with batch statistics -> (output, batch mean, unbiased batch variance); the
+    statistics are detached (they only feed the running statistics)."""
     if BN_KERNEL == "fused":
         return _batch_norm_fused(h, weight, bias)
     return _batch_norm_elementwise(h, weight, bias)
 
 
 def _batch_norm_fused(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """torch's fused kernel. With momentum 1 its "running"
-    buffers (fresh local tensors, not the model's) receive this pass's mean and unbiased var."""
-    count = h.numel() // h.shape[1]
+    """torch's fused kernel. With momentum 1 its "running" buffers (fresh local tensors, not
+    the model's) receive this pass's mean and unbiased variance."""
     mean = torch.zeros(h.shape[1], device=h.device, dtype=h.dtype)
     var = torch.ones(h.shape[1], device=h.device, dtype=h.dtype)
     out = F.batch_norm(h, mean, var, weight, bias, training=True, momentum=1.0, eps=BN_EPS)
-    return out, mean, var * ((count - 1) / count)
+    return out, mean, var
 
 
 def _batch_norm_elementwise(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -188,7 +186,8 @@ def _batch_norm_elementwise(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Te
     rows = h.permute(0, 2, 3, 1).reshape(-1, c)
     var, mean = torch.var_mean(rows, dim=0, unbiased=False)
     out = (rows - mean) * (torch.rsqrt(var + BN_EPS) * weight) + bias
-    return out.view(n, height, width, c).permute(0, 3, 1, 2), mean, var
+    unbiased = var.detach() * (rows.shape[0] / max(rows.shape[0] - 1, 1))
+    return out.view(n, height, width, c).permute(0, 3, 1, 2), mean.detach(), unbiased
 
 
 def forward_tasks(
