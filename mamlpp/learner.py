@@ -14,8 +14,7 @@ Meta-parameters (everything the outer loop learns), by name: the adapted weights
 from __future__ import annotations
 
 import copy
-import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,9 +154,7 @@ class MetaLearner:
     ) -> tuple[Tensor, list[InnerLoopResult], list[model.BatchNormStats]]:
         tasks = batch.num_tasks
         stats: list[model.BatchNormStats] = []
-        forward = functools.partial(
-            _call_forward, model.forward_tasks, self.params, self.running, self.spec, "batch", stats
-        )
+        forward = self._forward(model.forward_tasks, self.params, "batch", stats)
         fast = {k: self.params[k].expand(tasks, *self.params[k].shape) for k in self.adapted_names}
         result = self._adapt(forward, fast, batch, second_order, target_steps)
         return _weighted(result, weights), [result], stats
@@ -173,15 +170,29 @@ class MetaLearner:
         losses, results, per_task_stats = [], [], []
         for b in range(batch.num_tasks):
             stats: list[model.BatchNormStats] = []
-            forward = functools.partial(
-                _call_forward, model.forward_task, self.params, self.running, self.spec, "batch", stats
-            )
+            forward = self._forward(model.forward_task, self.params, "batch", stats)
             fast = {k: self.params[k] for k in self.adapted_names}
             result = self._adapt(forward, fast, _task(batch, b), second_order, target_steps)
             losses.append(_weighted(result, weights))
             results.append(result)
             per_task_stats.append(stats)
         return torch.stack(losses), results, _average_stats(per_task_stats)
+
+    def _forward(
+        self,
+        net: Callable[..., Tensor],
+        shared: dict[str, Tensor],
+        mode: model.BNMode,
+        stats: list[model.BatchNormStats] | None,
+    ) -> Forward:
+        """`net` (forward_tasks or forward_task) with everything but (fast weights, images,
+        step) bound: BN scale/shift `shared`, the running statistics, the BN mode, and the list
+        that collects batch statistics (None: not collected)."""
+
+        def forward(fast: Mapping[str, Tensor], x: Tensor, step: int) -> Tensor:
+            return net(fast, shared, self.running, x, step, self.spec, mode, stats)
+
+        return forward
 
     def _adapt(
         self,
@@ -248,10 +259,7 @@ class MetaLearner:
         batch = batch.to(self.device, self.dtype)
         tasks = batch.num_tasks
         shared = {k: v.detach() for k, v in self.params.items()}
-        forward = functools.partial(
-            _call_forward, model.forward_tasks, shared, self.running, self.spec,
-            self.config.bn.eval_stats, None,
-        )  # fmt: skip
+        forward = self._forward(model.forward_tasks, shared, self.config.bn.eval_stats, None)
         with torch.enable_grad():
             fast = {
                 k: shared[k].expand(tasks, *shared[k].shape).clone().requires_grad_()
@@ -300,13 +308,6 @@ def _choose_engine(config: Config, device: torch.device) -> str:
     if device.type == "cpu" and config.data.dataset == "miniimagenet":
         return "loop"
     return "folded"
-
-
-def _call_forward(
-    forward: Any, shared: Any, running: Any, spec: Any, mode: Any, stats: Any,
-    fast: Any, x: Tensor, step: int,
-) -> Tensor:  # fmt: skip
-    return forward(fast, shared, running, x, step, spec, mode, stats)
 
 
 def _task(batch: TaskBatch, b: int) -> TaskBatch:
