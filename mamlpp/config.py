@@ -5,7 +5,7 @@ A config is built from a preset (``mamlpp.presets``), optionally changed with st
 (``apply_scale``). ``Config.to_dict`` / ``Config.from_dict`` round-trip through JSON: the run
 directory's ``config.json`` is exactly ``to_dict()`` of the resolved config.
 
-Every field's docstring is the attribute docstring beneath it (read by ``describe_fields``).
+Every field's docstring is the attribute docstring beneath it.
 """
 
 from __future__ import annotations
@@ -258,14 +258,14 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
 
     An unknown key or a value of the wrong type raises ConfigError naming the key and the valid
     choices."""
-    d = config.to_dict()
+    d, valid = config.to_dict(), leaf_keys(config)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value, e.g. inner.steps=3")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if key not in leaf_keys(config):
-            raise ConfigError(_unknown_key_message(key, leaf_keys(config)))
+        if key not in valid:
+            raise ConfigError(_unknown_key_message(key, valid))
         node = d
         *parents, last = key.split(".")
         for p in parents:
@@ -323,23 +323,3 @@ def apply_scale(config: Config, scale: str) -> Config:
         ),
         outer=replace(config.outer, cosine_epochs=config.outer.cosine_epochs or s.epochs),
     )
-
-
-def describe_fields(cls: Any = Config, prefix: str = "") -> dict[str, str]:
-    """Dotted key -> the field's docstring (attribute docstrings parsed from the source)."""
-    import ast
-    import inspect
-
-    docs: dict[str, str] = {}
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            value = getattr(nxt, "value", None)
-            if isinstance(nxt, ast.Expr) and isinstance(value, ast.Constant):
-                docs[prefix + node.target.id] = " ".join(str(value.value).split())
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        if is_dataclass(hints[f.name]):
-            docs.update(describe_fields(hints[f.name], prefix + f.name + "."))
-    return docs
