@@ -1,12 +1,19 @@
-"""The one GPU session's script: correctness on CUDA, then speed. Writes what it measured to
-stdout and to $OUT/gpu_results.txt (the device tool brings that file back).
+"""The one GPU session's script: is the CUDA-graph step exact, how fast is it, and does training
+through it (the default on CUDA) reach the same accuracy as eager training? Writes what it
+measured to stdout and to $OUT/gpu_results.txt (the device tool brings that file back).
 
-    PYTHONPATH=. python3 benchmarks/gpu_check.py
+    PYTHONPATH=. python3 benchmarks/gpu_check.py            # everything (~6 min on an H200)
+    PYTHONPATH=. python3 benchmarks/gpu_check.py check bench  # a subset: check, bench, train
+
+`train` needs Omniglot under $MAMLPP_DATA (the official zips).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -14,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from mamlpp import model
 from mamlpp.bench import SHAPES, BenchRow, analytic_gflop, format_rows, random_batch, time_engine
+from mamlpp.cuda_graph import GraphedTrainStep
 from mamlpp.learner import MetaLearner
-from mamlpp.presets import get_preset, synthetic_config
+from mamlpp.presets import get_preset
 
 OUT = Path(os.environ.get("OUT", "."))
-LOG = open(OUT / "gpu_results.txt", "w")
+LOG = open(OUT / "gpu_results.txt", "a")
 
 
 def say(*parts: object) -> None:
@@ -30,81 +37,84 @@ def say(*parts: object) -> None:
     LOG.flush()
 
 
-def check_folded_equals_loop_on_cuda() -> None:
-    c = synthetic_config()
-    batch = random_batch(replace(c, outer=replace(c.outer, meta_batch_size=3)), torch.Generator().manual_seed(0))
-    grads = {}
-    for engine in ("folded", "loop"):
-        learner = MetaLearner(replace(c, engine=engine), device="cuda", dtype=torch.float64)
-        loss = learner.meta_loss(batch, 0).loss
-        grads[engine] = torch.autograd.grad(loss, list(learner.meta_parameters().values()))
-    gap = max((a - b).abs().max().item() for a, b in zip(grads["folded"], grads["loop"]))
-    say(f"[check] float64 CUDA folded vs loop: max |grad difference| = {gap:.2e}")
-
-
-def check_graph_equals_eager() -> None:
-    """Graphed vs eager losses, with cuDNN's TF32 convolutions on (torch's default) and off: if
-    the gap closes without TF32, it is rounding from different conv algorithms, not a bug."""
-    for tf32 in (True, False):
-        torch.backends.cudnn.allow_tf32 = tf32
-        say(f"[check] cudnn.allow_tf32={tf32}")
-        _compare_graph_and_eager()
-    torch.backends.cudnn.allow_tf32 = True
-
-
-def _compare_graph_and_eager() -> None:
-    from mamlpp.cuda_graph import GraphedTrainStep
-
+def four_steps(graphed: bool, dtype: torch.dtype, tf32: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Losses of 4 outer updates on fixed random Omniglot 20-way 1-shot batches, and the
+    parameters after them (same init: the config's seed)."""
+    torch.backends.cudnn.allow_tf32 = tf32
     c = get_preset("omniglot_20way_1shot_mamlpp").config
     gen = torch.Generator().manual_seed(1)
     batches = [random_batch(c, gen) for _ in range(4)]
-    eager = MetaLearner(c, device="cuda")
-    graphed_learner = MetaLearner(c, device="cuda")
-    graphed = GraphedTrainStep(graphed_learner)
-    a = [eager.train_step(b, 0).loss for b in batches]
-    b = [graphed(x, 0).loss for x in batches]
-    say("[check] eager losses  ", [round(v, 5) for v in a])
-    say("[check] graphed losses", [round(v, 5) for v in b])
-    w = max((eager.params[k] - graphed_learner.params[k]).abs().max().item() for k in eager.params)
-    say(f"[check] after 4 steps max |param difference| eager vs graphed = {w:.2e}")
+    learner = MetaLearner(c, device="cuda", dtype=dtype)
+    step = GraphedTrainStep(learner) if graphed else learner.train_step
+    losses = [step(b, 0).loss for b in batches]
+    torch.backends.cudnn.allow_tf32 = True
+    return losses, {k: v.detach().double() for k, v in learner.meta_parameters().items()}
 
 
-def bench_rows() -> None:
+def compare(name: str, a: tuple[list[float], dict], b: tuple[list[float], dict]) -> None:
+    loss_gap = max(abs(x - y) / abs(y) for x, y in zip(a[0], b[0]))
+    param_gap = max((a[1][k] - b[1][k]).abs().max().item() for k in a[1])
+    say(f"[check] {name}: max relative loss gap {loss_gap:.2e}, max |param gap| after 4 updates {param_gap:.2e}")
+    say(f"        losses {[round(v, 6) for v in a[0]]} vs {[round(v, 6) for v in b[0]]}")
+
+
+def check() -> None:
+    """float64 decides whether the graph computes the same thing (no TF32, ~1e-16 rounding);
+    the float32 rows show how far ordinary rounding moves 4 Adam updates, for comparison."""
+    e64, g64 = four_steps(False, torch.float64, True), four_steps(True, torch.float64, True)
+    compare("float64 graphed vs eager", g64, e64)
+    e32, g32 = four_steps(False, torch.float32, True), four_steps(True, torch.float32, True)
+    e32_off, g32_off = four_steps(False, torch.float32, False), four_steps(True, torch.float32, False)
+    compare("float32 graphed vs eager (TF32 convs on, torch's default)", g32, e32)
+    compare("float32 graphed vs eager (TF32 off)", g32_off, e32_off)
+    compare("float32 eager TF32 on vs eager TF32 off (rounding alone, no graph)", e32, e32_off)
+    compare("float32 eager vs float64 eager", e32, e64)
+    compare("float32 graphed vs float64 eager", g32, e64)
+
+
+def bench() -> None:
     rows = []
     for shape in SHAPES:
         config = get_preset(SHAPES[shape]).config
-        for engine in ("loop", "folded", "folded+graph"):
-            t0 = time.time()
-            try:
-                graphed = engine == "folded+graph"
-                variant = replace(config, engine="folded" if graphed else engine)
-                s = time_engine(variant, "cuda", iterations=6, warmup=2, cuda_graph=graphed)
-                rows.append(BenchRow(shape, engine, "cuda", s, analytic_gflop(config)))
-            except Exception as e:  # report and go on: one failing variant must not cost the session
-                say(f"[bench] {shape} {engine} FAILED: {type(e).__name__}: {e}")
-            say(f"[bench] {shape} {engine} done in {time.time() - t0:.1f}s")
+        for engine in ("folded", "folded+graph"):
+            graphed = engine == "folded+graph"
+            variant = replace(config, engine="folded")
+            s = time_engine(variant, "cuda", iterations=10, warmup=3, cuda_graph=graphed)
+            rows.append(BenchRow(shape, engine, "cuda", s, analytic_gflop(config)))
+            say(f"[bench] {shape} {engine}: {s * 1000:.1f} ms/iter")
     say(format_rows(rows))
 
 
-def bench_variants() -> None:
-    config = get_preset("omniglot_20way_1shot_mamlpp").config
-    for kernel in ("fused", "elementwise"):
-        for fmt_name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
-            model.BN_KERNEL, model.MEMORY_FORMAT = kernel, fmt  # type: ignore[assignment]
-            for graphed in (True,):
-                try:
-                    s = time_engine(config, "cuda", iterations=6, warmup=2, cuda_graph=graphed)
-                    say(f"[variant] omniglot-20way-1shot bn={kernel} layout={fmt_name} graph={graphed}: {s * 1000:.1f} ms/iter")
-                except Exception as e:
-                    say(f"[variant] bn={kernel} layout={fmt_name} graph={graphed} FAILED: {type(e).__name__}: {e}")
-    model.BN_KERNEL, model.MEMORY_FORMAT = "fused", torch.contiguous_format
+def train() -> None:
+    """The README's main job on the GPU, through the default path (CUDA graph) and eagerly."""
+    for name, extra in (("graph", []), ("eager", ["--set", "cuda_graph=false"])):
+        runs = Path("/tmp/gpu_runs") / name
+        shutil.rmtree(runs, ignore_errors=True)
+        cmd = [sys.executable, "-m", "mamlpp.cli", "train", "--preset", "omniglot_5way_1shot_mamlpp",
+               "--scale", "smoke", "--seed", "0", "--device", "cuda", "--wandb", "off",
+               "--no-progress", "--runs-dir", str(runs), *extra]  # fmt: skip
+        start = time.time()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.time() - start
+        say(f"[train] {name}: exit {done.returncode} in {seconds:.0f} s: {' '.join(cmd[2:])}")
+        say("\n".join(done.stdout.splitlines()[-14:]), "\n", done.stderr[-1500:])
+        for run_dir in runs.glob("*"):
+            for f in ("test.json", "metrics.jsonl"):
+                if (run_dir / f).exists():
+                    shutil.copy(run_dir / f, OUT / f"{name}_{f}")
+            if (run_dir / "test.json").exists():
+                result = json.loads((run_dir / "test.json").read_text())
+                say(f"[train] {name}: test accuracy {result['accuracy']:.4f} +- {result['ci95']:.4f}")
 
 
 if __name__ == "__main__":
     say(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    for step in (check_folded_equals_loop_on_cuda, check_graph_equals_eager, bench_rows, bench_variants):
+    steps = {"check": check, "bench": bench, "train": train}
+    for name in sys.argv[1:] or list(steps):
+        t0 = time.time()
         try:
-            step()
-        except Exception as e:
-            say(f"[{step.__name__}] FAILED: {type(e).__name__}: {e}")
+            steps[name]()
+        except Exception as e:  # report and go on: one failing part must not cost the session
+            say(f"[{name}] FAILED: {type(e).__name__}: {e}")
+        say(f"[{name}] took {time.time() - t0:.0f} s")
     sys.exit(0)

@@ -12,10 +12,10 @@ gives a figure, not numbers:
 2 presets x seeds 0, 1, 2 = 6 runs. The curve is the training loss of every outer iteration,
 which every run writes to ``iterations.jsonl`` (docs/run-directory.md); nothing extra to log.
 
-Expected runtime (timed as the max-pool Omniglot 20-way 1-shot rows, README "Runtime"):
+Expected runtime (README "Runtime"; experiments/cost_h200_graph.jsonl):
 - smoke: about 6 x 40 minutes on the 2-core CPU (estimated from `mamlpp bench --device cpu`,
   3.3 s per 20-way iteration); about 0.1 GPU-hours on one H200.
-- paper: about 15 H200 GPU-hours (2.2-2.8 hours per run).
+- paper: about 3.3 H200 GPU-hours (0.5-0.6 hours per run, CUDA-graph step; timed directly).
 
 Command:
     make figure2 SCALE=smoke            # = mamlpp sweep run figure2 --scale smoke --jobs auto --runs-dir runs/smoke

@@ -147,6 +147,10 @@ class Config:
     engine: Engine = "auto"
     """Implementation of the task-batched inner loop: 'folded' (tasks folded into channels,
     grouped convolutions), 'loop' (reference per-task loop), 'auto' (fastest measured)."""
+    cuda_graph: bool = True
+    """On a CUDA device with the folded engine, record each outer iteration once as a CUDA graph
+    and replay it: the same arithmetic in one launch instead of thousands (mamlpp/cuda_graph.py,
+    benchmarks/RESULTS.md). False runs it eagerly. Ignored on the CPU."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)

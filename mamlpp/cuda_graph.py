@@ -8,7 +8,8 @@ each replay: the meta-batch, the MSL weights and the meta learning rate. One gra
 per (steps whose target loss is computed, derivative order): two or three over a run.
 
 Only the numbers this module reads back differ in form from `MetaLearner.train_step`: they come
-back in one transfer per iteration.
+back in one transfer per iteration, and the per-step target losses are not read back.
+`training_step(learner)` picks this or the eager `train_step`: the trainer's single entry.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ from mamlpp.batch import TaskBatch
 from mamlpp.learner import GRAD_STATS, MetaLearner, StepResult
 
 GraphKey = tuple[frozenset[int], bool]
+TrainStep = Callable[[TaskBatch, int], StepResult]
+
+
+def training_step(learner: MetaLearner) -> TrainStep:
+    """The outer update the trainer calls: the CUDA-graph replay where it applies (CUDA device,
+    folded engine, `config.cuda_graph`), else the eager `learner.train_step`. Build it after
+    restoring a checkpoint into the learner: it takes over the optimizer's state."""
+    if learner.device.type == "cuda" and learner.engine == "folded" and learner.config.cuda_graph:
+        return GraphedTrainStep(learner)
+    return learner.train_step
 
 
 class GraphedTrainStep:
@@ -37,7 +48,7 @@ class GraphedTrainStep:
         self.learner = learner
         c = learner.config
         self.names = list(learner.meta_parameters())
-        self.lr = torch.tensor(c.outer.lr, device=learner.device)
+        self.lr = torch.tensor(c.outer.lr, device=learner.device, dtype=learner.dtype)
         state = learner.optimizer.state_dict()
         learner.optimizer = torch.optim.Adam(
             list(learner.meta_parameters().values()), lr=self.lr, betas=c.outer.betas,
@@ -82,7 +93,7 @@ class GraphedTrainStep:
         else:
             for static, new in zip(self.static, batch, strict=True):
                 static.copy_(new)
-        self.weights.copy_(torch.tensor(weights))
+        self.weights.copy_(torch.tensor(weights, dtype=self.weights.dtype))
         self.lr.fill_(self.learner.meta_lr(epoch))
 
     def _create_optimizer_state(self) -> None:
@@ -105,7 +116,7 @@ class GraphedTrainStep:
 
     def _record(self, key: GraphKey) -> tuple[torch.cuda.CUDAGraph | _Unrecorded, Tensor]:
         if not self.record:
-            unrecorded = _Unrecorded(lambda: self._iteration(key))
+            unrecorded = _Unrecorded(lambda: self._iteration(key), self.learner.dtype)
             return unrecorded, unrecorded.output
         live = self._snapshot()
         saved = [t.detach().clone() for t in live]
@@ -154,9 +165,9 @@ class GraphedTrainStep:
 class _Unrecorded:
     """Stands in for a CUDA graph: replay() reruns the iteration into the same output tensor."""
 
-    def __init__(self, iteration: Callable[[], Tensor]) -> None:
+    def __init__(self, iteration: Callable[[], Tensor], dtype: torch.dtype) -> None:
         self.iteration = iteration
-        self.output = torch.empty(0)
+        self.output = torch.empty(0, dtype=dtype)
 
     def replay(self) -> None:
         result = self.iteration()

@@ -179,9 +179,10 @@ class EpochMeans:
 
 
 def train_epoch(
-    learner: Any, sampler: Sampler, config: Config, epoch: int, progress: bool
+    train_step: Any, sampler: Sampler, config: Config, epoch: int, progress: bool
 ) -> tuple[EpochMeans, list[dict[str, Any]]]:
-    """`iterations_per_epoch` outer updates; stops with NonFiniteLossError on a NaN/inf loss."""
+    """`iterations_per_epoch` outer updates by `train_step` (`cuda_graph.training_step`);
+    stops with NonFiniteLossError on a NaN/inf loss."""
     b, iters = config.outer.meta_batch_size, config.schedule.iterations_per_epoch
     means, rows = EpochMeans(), []
     bar = tqdm(
@@ -190,7 +191,7 @@ def train_epoch(
     )  # fmt: skip
     for i in bar:
         t = epoch * iters + i
-        step = learner.train_step(sampler.batch(range(t * b, (t + 1) * b)), epoch)
+        step = train_step(sampler.batch(range(t * b, (t + 1) * b)), epoch)
         if not math.isfinite(step.loss):
             bar.close()
             raise NonFiniteLossError(
@@ -389,11 +390,11 @@ def open_mirror(
 
 
 def run_epoch(
-    learner: Any, train: Sampler, val: Sampler, config: Config, epoch: int,
+    learner: Any, train_step: Any, train: Sampler, val: Sampler, config: Config, epoch: int,
     run_dir: RunDirectory, top_k: TopK, progress: bool,
 ) -> tuple[dict[str, Any], bool]:  # fmt: skip
     start = time.perf_counter()
-    means, iterations = train_epoch(learner, train, config, epoch, progress)
+    means, iterations = train_epoch(train_step, train, config, epoch, progress)
     train_seconds = time.perf_counter() - start
     val_result = validate(learner, val, config)
     seconds = time.perf_counter() - start
@@ -407,6 +408,7 @@ def train_run(
 ) -> dict[str, Any]:  # fmt: skip
     """Train (or resume) to the last epoch, then run the ensemble test; returns test.json's dict.
     A finished run (test.json present) is not trained again."""
+    from mamlpp.cuda_graph import training_step
     from mamlpp.learner import MetaLearner
 
     finished = run_dir.read_test()
@@ -418,6 +420,7 @@ def train_run(
     torch.manual_seed(config.seed)
     learner = MetaLearner(config, device=options.device)
     next_epoch, top_k = restore(run_dir, learner, config)
+    train_step = training_step(learner)  # after restore: a CUDA graph takes over the optimizer
     if next_epoch > 0:
         options.log(f"resuming {run_dir.path} after epoch {next_epoch - 1}")
     train = episodes(config, "train", data_root=options.data_root, seed=train_seed(config))
@@ -428,7 +431,7 @@ def train_run(
     try:
         for epoch in range(next_epoch, config.schedule.epochs):
             row, kept = run_epoch(
-                learner, train, val, config, epoch, run_dir, top_k, options.progress
+                learner, train_step, train, val, config, epoch, run_dir, top_k, options.progress
             )
             mirror.log_epoch(row, learner.lslr_rates())
             seconds.append(row["time/epoch_s"])
