@@ -32,6 +32,9 @@ def main() -> None:
       mamlpp presets
       mamlpp train --preset omniglot_5way_1shot_mamlpp --scale smoke --seed 0
     """
+    from mamlpp.cpu_memory import keep_freed_memory
+
+    keep_freed_memory()  # CPU training: ~15% faster (mamlpp/cpu_memory.py)
 
 
 @main.command()
