@@ -150,7 +150,7 @@ def _ratio(rows: list[BenchRow], shape: str, device: str) -> float | None:
               help="Paper shape(s) to time; default: all three.")
 @click.option("--engine", "engines", multiple=True,
               type=click.Choice(["folded", "loop", "folded+graph"]),
-              help="Engine(s); default: folded and loop, plus folded+graph (CUDA graphs) on CUDA.")
+              help="Engine(s); default: folded and loop, plus folded+graph (CUDA graphs: what training uses on CUDA) on CUDA.")
 @click.option("--device", "devices", multiple=True,
               help="Device(s), e.g. cpu, cuda; default: cpu, plus cuda when present.")
 @click.option("--iterations", default=5, show_default=True, help="Timed iterations per row.")

@@ -40,6 +40,9 @@ BN_EPS = 1e-5
 # channels-last pooling alone is faster in isolation. Both switches stay for benchmarking.
 MEMORY_FORMAT = torch.contiguous_format
 BN_KERNEL: Literal["fused", "elementwise"] = "fused"
+# The folded engine computes the first layer's batch norm from input-patch statistics, folded
+# into its convolution (`_first_conv_with_batch_norm`); False: conv then `_batch_norm`.
+FOLD_FIRST_BATCH_NORM = True
 
 
 @dataclass(frozen=True)
@@ -207,20 +210,66 @@ def forward_tasks(
     h = h.contiguous(memory_format=MEMORY_FORMAT)
     stride = 2 if spec.downsample == "stride" else 1
     for i in range(spec.stages):
-        w = fast[f"conv{i}.weight"]
-        h = F.conv2d(
-            h,
-            w.reshape(-1, *w.shape[2:]),
-            fast[f"conv{i}.bias"].reshape(-1),
-            stride=stride,
-            padding=1,
-            groups=tasks,
-        )
-        h = _batch_norm(h, i, step, tasks, shared, running, spec, mode, stats_out)
+        w, b = fast[f"conv{i}.weight"], fast[f"conv{i}.bias"]
+        if i == 0 and mode == "batch" and FOLD_FIRST_BATCH_NORM:
+            h = _first_conv_with_batch_norm(h, w, b, step, shared, spec, stats_out)
+        else:
+            h = F.conv2d(
+                h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride=stride, padding=1, groups=tasks
+            )
+            h = _batch_norm(h, i, step, tasks, shared, running, spec, mode, stats_out)
         h = _activate_and_downsample(h, spec)
     features = h.reshape(n, tasks, -1).transpose(0, 1)  # [B, n, F], per-task flatten order
     weight, bias = fast["linear.weight"], fast["linear.bias"]
     return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
+
+
+def _first_conv_with_batch_norm(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    step: int,
+    shared: Params,
+    spec: NetSpec,
+    stats_out: list[BatchNormStats] | None,
+) -> Tensor:
+    """conv0 then batch norm with batch statistics, as ONE grouped convolution.
+
+    The first layer's input does not depend on any parameter, so the batch statistics of its
+    output y = w . p + b (p: a 3x3 input patch, K = 9 x channels values) follow from the patches'
+    mean m and covariance S, computed once from the images: mean = w . m + b and
+    var = w S w^T, per task and filter. Normalising is then an affine map of y, so
+    bn(conv(x, w, b)) = conv(x, s w, (b - mean) s + beta) with s = gamma / sqrt(var + eps).
+    Every batch-norm derivative, first and second, is taken on [tasks, filters] tensors instead
+    of the full-resolution activations (benchmarks/RESULTS.md); the result equals
+    `_batch_norm` after `F.conv2d` up to rounding (tests/test_engine.py, float64)."""
+    n, folded, height, width = x.shape
+    tasks, filters = weight.shape[:2]
+    stride = 2 if spec.downsample == "stride" else 1
+    patches = F.unfold(x, 3, padding=1, stride=stride)  # [n, tasks*K, L]
+    k = folded // tasks * 9
+    patches = patches.view(n, tasks, k, -1).transpose(0, 1).transpose(2, 3).reshape(tasks, -1, k)
+    count = patches.shape[1]  # n x output positions, per task
+    mean_patch = patches.mean(1)  # [tasks, K]
+    centered = patches - mean_patch.unsqueeze(1)
+    covariance = centered.transpose(1, 2) @ centered / count  # [tasks, K, K]
+    w = weight.reshape(tasks, filters, k)
+    mean = (w @ mean_patch.unsqueeze(2)).squeeze(2) + bias  # [tasks, filters]
+    var = ((w @ covariance) * w).sum(2)  # biased, as batch norm normalises with
+    a = min(step, spec.affine_sets - 1)
+    scale = shared["bn0.weight"][a] * torch.rsqrt(var + BN_EPS)
+    shift = (bias - mean) * scale + shared["bn0.bias"][a]
+    if stats_out is not None:
+        unbiased = var.detach() * (count / max(count - 1, 1))
+        stats_out.append(BatchNormStats(0, step, mean.detach().mean(0), unbiased.mean(0)))
+    return F.conv2d(
+        x,
+        (w * scale.unsqueeze(2)).reshape(tasks * filters, *weight.shape[2:]),
+        shift.reshape(-1),
+        stride=stride,
+        padding=1,
+        groups=tasks,
+    )
 
 
 def forward_task(
