@@ -211,7 +211,7 @@ def forward_tasks(
     stride = 2 if spec.downsample == "stride" else 1
     for i in range(spec.stages):
         w, b = fast[f"conv{i}.weight"], fast[f"conv{i}.bias"]
-        if i == 0 and mode == "batch" and FOLD_FIRST_BATCH_NORM:
+        if i == 0 and mode == "batch" and _fold_first_batch_norm(h):
             h = _first_conv_with_batch_norm(h, w, b, step, shared, spec, stats_out)
         else:
             h = F.conv2d(
@@ -222,6 +222,13 @@ def forward_tasks(
     features = h.reshape(n, tasks, -1).transpose(0, 1)  # [B, n, F], per-task flatten order
     weight, bias = fast["linear.weight"], fast["linear.bias"]
     return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
+
+
+def _fold_first_batch_norm(x: Tensor) -> bool:
+    """Where folding was measured faster (benchmarks/RESULTS.md): on the CPU, and on CUDA for
+    Omniglot-sized images. On an H200 the patch covariance of 84x84 mini-ImageNet images (a
+    tall, skinny matmul) made the graphed step 2x slower (82 -> 160 ms), so it is not folded."""
+    return FOLD_FIRST_BATCH_NORM and (x.device.type == "cpu" or x.shape[-1] <= 32)
 
 
 def _first_conv_with_batch_norm(
