@@ -301,8 +301,8 @@ class MetaLearner:
 def _choose_engine(config: Config, device: torch.device) -> str:
     """'auto' picks the faster engine measured for the device and shape (benchmarks/RESULTS.md):
     folded on a GPU (4.7-5.6x faster than the loop on an H200) and for Omniglot on the CPU
-    (1.6x at 5-way, a tie at 20-way); on the CPU the per-task loop for mini-ImageNet's large
-    84x84 tasks (1.4x faster there than one grouped convolution over both tasks)."""
+    (1.65x at 5-way, 1.75x at 20-way); on the CPU the per-task loop for mini-ImageNet's large
+    84x84 tasks (4.04 vs 4.22 s: about a tie since the folded first layer, 1.4x before)."""
     if config.engine != "auto":
         return config.engine
     if device.type == "cpu" and config.data.dataset == "miniimagenet":
