@@ -11,7 +11,8 @@ Two forwards compute the same function:
 - ``forward_tasks``: B tasks at once. Each task's fast weights carry a leading task dimension;
   the tasks are folded into the channel dimension ([n, B*C, H, W]) so every conv is ONE grouped
   convolution (groups=B), batch norm over the folded channels gives each task its own batch
-  statistics, and the head is one batched matmul. Few, large kernels: this is what makes the
+  statistics, and the head is one batched matmul. The first layer's batch norm is folded into
+  its convolution (statistics from the input patches; `_first_conv_with_batch_norm`). Few, large kernels: this is what makes the
   engine fast on a GPU, and it keeps second-order gradients intact (plain autograd, no vmap).
 
 Batch statistics are computed functionally and *returned* (``BatchNormStats``), never written
@@ -41,7 +42,8 @@ BN_EPS = 1e-5
 MEMORY_FORMAT = torch.contiguous_format
 BN_KERNEL: Literal["fused", "elementwise"] = "fused"
 # The folded engine computes the first layer's batch norm from input-patch statistics, folded
-# into its convolution (`_first_conv_with_batch_norm`); False: conv then `_batch_norm`.
+# into its convolution (`_first_conv_with_batch_norm`); False: conv then `_batch_norm`. The
+# per-task loop (`forward_task`, the tests' reference) always takes the plain path.
 FOLD_FIRST_BATCH_NORM = True
 
 
@@ -244,22 +246,16 @@ def _first_conv_with_batch_norm(
 
     The first layer's input does not depend on any parameter, so the batch statistics of its
     output y = w . p + b (p: a 3x3 input patch, K = 9 x channels values) follow from the patches'
-    mean m and covariance S, computed once from the images: mean = w . m + b and
+    mean m and covariance S, computed from the images alone: mean = w . m + b and
     var = w S w^T, per task and filter. Normalising is then an affine map of y, so
     bn(conv(x, w, b)) = conv(x, s w, (b - mean) s + beta) with s = gamma / sqrt(var + eps).
     Every batch-norm derivative, first and second, is taken on [tasks, filters] tensors instead
     of the full-resolution activations (benchmarks/RESULTS.md); the result equals
     `_batch_norm` after `F.conv2d` up to rounding (tests/test_engine.py, float64)."""
-    n, folded, height, width = x.shape
     tasks, filters = weight.shape[:2]
     stride = 2 if spec.downsample == "stride" else 1
-    patches = F.unfold(x, 3, padding=1, stride=stride)  # [n, tasks*K, L]
-    k = folded // tasks * 9
-    patches = patches.view(n, tasks, k, -1).transpose(0, 1).transpose(2, 3).reshape(tasks, -1, k)
-    count = patches.shape[1]  # n x output positions, per task
-    mean_patch = patches.mean(1)  # [tasks, K]
-    centered = patches - mean_patch.unsqueeze(1)
-    covariance = centered.transpose(1, 2) @ centered / count  # [tasks, K, K]
+    mean_patch, covariance, count = _patch_statistics(x, tasks, stride)
+    k = mean_patch.shape[1]
     w = weight.reshape(tasks, filters, k)
     mean = (w @ mean_patch.unsqueeze(2)).squeeze(2) + bias  # [tasks, filters]
     var = ((w @ covariance) * w).sum(2)  # biased, as batch norm normalises with
@@ -277,6 +273,19 @@ def _first_conv_with_batch_norm(
         padding=1,
         groups=tasks,
     )
+
+
+def _patch_statistics(x: Tensor, tasks: int, stride: int) -> tuple[Tensor, Tensor, int]:
+    """Per task, the mean [tasks, K] and biased covariance [tasks, K, K] of the 3x3 patches
+    (zero padding included) that a padding-1 convolution of the folded input `x`
+    [n, tasks*C, H, W] sees, and how many patches each task has (n x output positions)."""
+    n, folded = x.shape[:2]
+    k = folded // tasks * 9
+    patches = F.unfold(x, 3, padding=1, stride=stride)  # [n, tasks*K, positions]
+    patches = patches.view(n, tasks, k, -1).transpose(0, 1).transpose(2, 3).reshape(tasks, -1, k)
+    mean = patches.mean(1)
+    centered = patches - mean.unsqueeze(1)
+    return mean, centered.transpose(1, 2) @ centered / patches.shape[1], patches.shape[1]
 
 
 def forward_task(
