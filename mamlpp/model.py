@@ -11,9 +11,10 @@ Two forwards compute the same function:
 - ``forward_tasks``: B tasks at once. Each task's fast weights carry a leading task dimension;
   the tasks are folded into the channel dimension ([n, B*C, H, W]) so every conv is ONE grouped
   convolution (groups=B), batch norm over the folded channels gives each task its own batch
-  statistics, and the head is one batched matmul. The first layer's batch norm is folded into
-  its convolution (statistics from the input patches; `_first_conv_with_batch_norm`). Few, large kernels: this is what makes the
+  statistics, and the head is one batched matmul. Few, large kernels: this is what makes the
   engine fast on a GPU, and it keeps second-order gradients intact (plain autograd, no vmap).
+  The first layer's batch norm is folded into its convolution (statistics from the input
+  patches, `_first_conv_with_batch_norm`): the CPU's costliest elementwise work gone.
 
 Batch statistics are computed functionally and *returned* (``BatchNormStats``), never written
 into buffers inside the forward; the learner applies them to the running statistics afterwards.
