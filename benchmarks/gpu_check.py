@@ -2,7 +2,7 @@
 through it (the default on CUDA) reach the same accuracy as eager training? Writes what it
 measured to stdout and to $OUT/gpu_results.txt (the device tool brings that file back).
 
-    PYTHONPATH=. python3 benchmarks/gpu_check.py            # everything (~6 min on an H200)
+    PYTHONPATH=. python3 benchmarks/gpu_check.py            # everything (2-2.5 min on an H200)
     PYTHONPATH=. python3 benchmarks/gpu_check.py check bench  # a subset: check, bench, train
 
 `train` needs Omniglot under $MAMLPP_DATA (the official zips).
