@@ -5,7 +5,10 @@ measured to stdout and to $OUT/gpu_results.txt (the device tool brings that file
     PYTHONPATH=. python3 benchmarks/gpu_check.py            # everything (2-2.5 min on an H200)
     PYTHONPATH=. python3 benchmarks/gpu_check.py check bench  # a subset: check, bench, train
 
-`train` needs Omniglot under $MAMLPP_DATA (the official zips).
+`train` needs Omniglot under $MAMLPP_DATA (the official zips). Through the device tool, as done
+on 2026-11-27: copy ../shared/data/omniglot/*.zip (and ~/.cache/mamlpp, to skip the cache
+build) into a git-ignored `.gpu_data/` folder, carry it, and run with
+`MAMLPP_DATA=.gpu_data MAMLPP_CACHE=.gpu_data/cache`.
 """
 
 from __future__ import annotations
