@@ -34,7 +34,7 @@ def main() -> None:
     """
     from mamlpp.cpu_memory import keep_freed_memory
 
-    keep_freed_memory()  # CPU training: ~15% faster (mamlpp/cpu_memory.py)
+    keep_freed_memory()  # 1.21x on the CPU (mamlpp/cpu_memory.py, benchmarks/RESULTS.md)
 
 
 @main.command()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mamlpp import schedules
 from mamlpp.batch import TaskBatch
-from mamlpp.learner import GRAD_STATS, MetaLearner, StepResult
+from mamlpp.learner import GRAD_STATS, MetaLearner, StepResult, clip_gradients, gradient_rows
 
 GraphKey = tuple[frozenset[int], bool]
 TrainStep = Callable[[TaskBatch, int], StepResult]
@@ -145,21 +145,14 @@ class GraphedTrainStep:
         loss = per_task.mean()
         loss.backward()
         meta = learner.meta_parameters()
-        clip = learner.config.outer.grad_clip
-        rows = []
-        for name in self.names:
-            grad = meta[name].grad
-            assert grad is not None
-            if clip is not None:
-                grad.clamp_(-clip, clip)
-            g = grad.detach().abs()
-            rows.append(torch.stack([g.max(), g.min(), g.mean(), g.norm()]))
+        clip_gradients(meta, learner.config.outer.grad_clip)
+        rows = gradient_rows(meta, self.names)
         learner.optimizer.step()
         learner._update_running_stats(bn_stats)
         accuracy = results[0].target_accuracies[-1]
         assert accuracy is not None
         head = torch.stack([loss.detach(), accuracy.mean()])
-        return torch.cat([head, torch.stack(rows).flatten()])
+        return torch.cat([head, rows.flatten()])
 
 
 class _Unrecorded:

@@ -227,11 +227,7 @@ class MetaLearner:
         result = self.meta_loss(batch, epoch)
         result.loss.backward()
         meta = self.meta_parameters()
-        clip = self.config.outer.grad_clip
-        if clip is not None:
-            for p in meta.values():
-                if p.grad is not None:
-                    p.grad.clamp_(-clip, clip)
+        clip_gradients(meta, self.config.outer.grad_clip)
         grad_stats = _gradient_statistics(meta)
         self.optimizer.step()
         self._update_running_stats(result.bn_stats)
@@ -348,14 +344,29 @@ def _average_stats(per_task: list[list[model.BatchNormStats]]) -> list[model.Bat
 
 
 @torch.no_grad()
+def clip_gradients(meta: Mapping[str, Tensor], clip: float | None) -> None:
+    """Clamp every meta-gradient to [-clip, clip] in place (no-op for clip None)."""
+    if clip is None:
+        return
+    for p in meta.values():
+        if p.grad is not None:
+            p.grad.clamp_(-clip, clip)
+
+
+def gradient_rows(meta: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
+    """[len(names), 4]: max, min, mean and norm (GRAD_STATS) of |grad| per named tensor, on the
+    device (the CUDA-graph step keeps them there; train_step reads them back once)."""
+    rows = []
+    for k in names:
+        g = meta[k].grad.detach().abs()  # type: ignore[union-attr]
+        rows.append(torch.stack([g.max(), g.min(), g.mean(), g.norm()]))
+    return torch.stack(rows)
+
+
 def _gradient_statistics(meta: dict[str, Tensor]) -> dict[str, dict[str, float]]:
     """{name: {max, min, mean, norm}} of |grad|, read back to the host in one transfer."""
     names = [k for k, p in meta.items() if p.grad is not None]
     if not names:
         return {}
-    rows = []
-    for k in names:
-        g = meta[k].grad.detach().abs()  # type: ignore[union-attr]
-        rows.append(torch.stack([g.max(), g.min(), g.mean(), g.norm()]))
-    values = torch.stack(rows).double().cpu().tolist()
+    values = gradient_rows(meta, names).double().cpu().tolist()
     return {k: dict(zip(GRAD_STATS, v, strict=True)) for k, v in zip(names, values, strict=True)}
