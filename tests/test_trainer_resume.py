@@ -1,5 +1,8 @@
 """Exact resume: a `mamlpp train` process killed with SIGKILL, rerun with the same command,
-ends with the same metrics, iterations and test result as an uninterrupted run."""
+ends with the same metrics, iterations and test result as an uninterrupted run. And the trainer
+driving the CUDA-graph step's logic (run unrecorded on the CPU: the same static inputs,
+optimizer hand-over and read-back as on a GPU, minus the recording) trains like the eager step
+and resumes an interrupted run exactly."""
 
 from __future__ import annotations
 
@@ -10,10 +13,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 
+from mamlpp import cuda_graph, trainer
 from mamlpp.tracking import RunDirectory, read_jsonl
+from mamlpp.trainer import RunOptions, resolve_config, start_run_directory
 
 OVERRIDES = [
     "data.dataset=synthetic",
@@ -27,6 +34,8 @@ OVERRIDES = [
     "schedule.test_tasks=4",
     "schedule.ensemble_top_k=2",
 ]
+# epochs 0-1 weigh both inner steps, epochs 2-3 the last only: two graphs over the run
+GRAPH_OVERRIDES = [*OVERRIDES, "outer.msl_epochs=2"]
 
 
 def _command(runs: Path) -> list[str]:
@@ -98,3 +107,54 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     assert sorted(p.name for p in resumed.checkpoints.iterdir()) == sorted(
         p.name for p in straight.checkpoints.iterdir()
     )
+
+
+# ---------------------------------------------------------------- the CUDA-graph step's logic
+
+OPTIONS = RunOptions(wandb="off", progress=False, log=lambda _: None)
+
+
+def _train(path: Path, interrupt_after: int | None, monkeypatch: pytest.MonkeyPatch) -> RunDirectory:
+    config = resolve_config("omniglot_5way_1shot_mamlpp", GRAPH_OVERRIDES, 0, "smoke")
+    run = RunDirectory(path)
+    info = start_run_directory(run, config, {"name": path.name})
+    original = trainer.run_epoch
+
+    def run_epoch(*args: Any) -> Any:
+        out = original(*args)
+        if args[5] == interrupt_after:  # the epoch just written
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(trainer, "run_epoch", run_epoch)
+    if interrupt_after is not None:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train_run(config, run, info, OPTIONS)
+        monkeypatch.setattr(trainer, "run_epoch", original)
+    trainer.train_run(config, run, info, OPTIONS)
+    return run
+
+
+def test_graph_step_logic_trains_like_eager_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eager = _train(tmp_path / "eager", None, monkeypatch)
+    made: list[cuda_graph.GraphedTrainStep] = []
+
+    def graph_logic(learner: Any) -> cuda_graph.GraphedTrainStep:
+        made.append(cuda_graph.GraphedTrainStep(learner, record=False))
+        return made[-1]
+
+    monkeypatch.setattr(cuda_graph, "training_step", graph_logic)
+    whole = _train(tmp_path / "whole", None, monkeypatch)
+    assert len(made) == 1 and len(made[0].graphs) == 2  # MSL phase, then last step only
+    resumed = _train(tmp_path / "resumed", 1, monkeypatch)
+    assert len(made) == 3  # one step object per process start, built after the restore
+
+    assert _without_timings(resumed.read_metrics()) == _without_timings(whole.read_metrics())
+    assert resumed.read_test() == whole.read_test()
+    graphed_rows = _without_timings(whole.read_metrics())
+    for graphed, reference in zip(graphed_rows, _without_timings(eager.read_metrics()), strict=True):
+        assert graphed.keys() == reference.keys()
+        for key, value in reference.items():
+            assert graphed[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
