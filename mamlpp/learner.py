@@ -156,7 +156,9 @@ class MetaLearner:
         stats: list[model.BatchNormStats] = []
         forward = self._forward(model.forward_tasks, self.params, "batch", stats)
         fast = {k: self.params[k].expand(tasks, *self.params[k].shape) for k in self.adapted_names}
-        result = self._adapt(forward, fast, batch, second_order, target_steps)
+        result = self._adapt(
+            forward, fast, batch, second_order, target_steps, prepare=self._first_layer_input
+        )
         return _weighted(result, weights), [result], stats
 
     def _run_loop(
@@ -194,6 +196,10 @@ class MetaLearner:
 
         return forward
 
+    def _first_layer_input(self, images: Tensor) -> Tensor | model.FirstLayerInput:
+        """What the folded engine's first stage needs from the images (model.first_layer_input)."""
+        return model.first_layer_input(images, self.spec)
+
     def _adapt(
         self,
         forward: Forward,
@@ -202,15 +208,17 @@ class MetaLearner:
         second_order: bool,
         target_steps: set[int] | None = None,
         evaluation: bool = False,
+        prepare: Callable[[Tensor], Any] = lambda images: images,
     ) -> InnerLoopResult:
         """The inner loop on a batch: training steps with trainable rates, or (evaluation)
-        `eval_steps` first-order steps with the rates as constants and only the last target."""
+        `eval_steps` first-order steps with the rates as constants and only the last target.
+        `prepare` turns the images into what `forward` takes (once, for all steps)."""
         steps = self.config.inner.eval_steps if evaluation else self.config.inner.steps
         return inner_loop(
             forward,
             fast,
-            (batch.support_x, batch.support_y),
-            (batch.target_x, batch.target_y),
+            (prepare(batch.support_x), batch.support_y),
+            (prepare(batch.target_x), batch.target_y),
             self._inner_rates(detach=evaluation),
             steps,
             second_order,
@@ -261,7 +269,10 @@ class MetaLearner:
                 k: shared[k].expand(tasks, *shared[k].shape).clone().requires_grad_()
                 for k in self.adapted_names
             }
-            result = self._adapt(forward, fast, batch, second_order=False, evaluation=True)
+            result = self._adapt(
+                forward, fast, batch, second_order=False, evaluation=True,
+                prepare=self._first_layer_input,
+            )
         assert result.final_logits is not None
         logits = result.final_logits.detach()
         loss, acc = result.target_losses[-1], result.target_accuracies[-1]

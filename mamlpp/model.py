@@ -13,8 +13,11 @@ Two forwards compute the same function:
   convolution (groups=B), batch norm over the folded channels gives each task its own batch
   statistics, and the head is one batched matmul. Few, large kernels: this is what makes the
   engine fast on a GPU, and it keeps second-order gradients intact (plain autograd, no vmap).
-  The first layer's batch norm is folded into its convolution (statistics from the input
-  patches, `_first_conv_with_batch_norm`): the CPU's costliest elementwise work gone.
+  The first layer's batch norm is folded into its weights (statistics from the input patches,
+  `_batch_norm_as_affine`). On the CPU with max-pooling, the whole first stage (conv, batch
+  norm, pooling) is one matmul with patches prepared once per batch (`first_layer_input`) and
+  a gather at the window maxima (`_first_stage`); elsewhere a grouped convolution
+  (`_first_conv_with_batch_norm`).
 
 Batch statistics are computed functionally and *returned* (``BatchNormStats``), never written
 into buffers inside the forward; the learner applies them to the running statistics afterwards.
@@ -46,6 +49,10 @@ BN_KERNEL: Literal["fused", "elementwise"] = "fused"
 # into its convolution (`_first_conv_with_batch_norm`); False: conv then `_batch_norm`. The
 # per-task loop (`forward_task`, the tests' reference) always takes the plain path.
 FOLD_FIRST_BATCH_NORM = True
+# On the CPU with max-pooling, the first stage (conv, folded batch norm, pooling) as a matmul
+# with prepared patches and a channels-last view for pooling (`_first_stage`); False: the
+# folded convolution above. For benchmarking (benchmarks/ab_switch.py).
+FIRST_STAGE_AS_MATMUL = True
 
 
 @dataclass(frozen=True)
@@ -200,20 +207,27 @@ def forward_tasks(
     fast: Params,
     shared: Params,
     running: Params,
-    x: Tensor,
+    x: Tensor | FirstLayerInput,
     step: int,
     spec: NetSpec,
     mode: BNMode = "batch",
     stats_out: list[BatchNormStats] | None = None,
 ) -> Tensor:
     """Logits [B, n, N] of B tasks. `fast` holds task-batched adapted weights (leading dim B),
-    `shared` the BN scale/shift, `x` is [B, n, C, H, W]."""
-    tasks, n = x.shape[:2]
-    h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
+    `shared` the BN scale/shift, `x` is [B, n, C, H, W] images, or those images with their
+    first-layer patches (`first_layer_input`, prepared once for all inner steps)."""
+    if isinstance(x, FirstLayerInput):
+        prepared, images, h = x, x.images, x.folded
+    else:
+        prepared, images, h = None, x, _fold_tasks(x)
+    tasks, n = images.shape[:2]
     h = h.contiguous(memory_format=MEMORY_FORMAT)
     stride = 2 if spec.downsample == "stride" else 1
     for i in range(spec.stages):
         w, b = fast[f"conv{i}.weight"], fast[f"conv{i}.bias"]
+        if i == 0 and mode == "batch" and prepared is not None:
+            h = _activate(_first_stage(prepared, w, b, step, shared, spec, stats_out), spec)
+            continue
         if i == 0 and mode == "batch" and _fold_first_batch_norm(h):
             h = _first_conv_with_batch_norm(h, w, b, step, shared, spec, stats_out)
         else:
@@ -234,6 +248,125 @@ def _fold_first_batch_norm(x: Tensor) -> bool:
     return FOLD_FIRST_BATCH_NORM and (x.device.type == "cpu" or x.shape[-1] <= 32)
 
 
+def _fold_tasks(x: Tensor) -> Tensor:
+    """[B, n, C, H, W] -> [n, B*C, H, W]: the tasks folded into the channels."""
+    tasks, n = x.shape[:2]
+    return x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
+
+
+class FirstLayerInput(NamedTuple):
+    """A batch of images with what the first stage needs from them, computed once per batch and
+    reused by every inner step and forward pass (only the weights change between them).
+
+    The first stage (3x3 conv, batch norm with batch statistics, 2x2 max-pool) runs as one
+    matmul of the weights with the patches of every pooling window (`_first_stage`)."""
+
+    images: Tensor
+    """[B, n, C, H, W] as given."""
+    folded: Tensor
+    """[n, B*C, H, W] (`_fold_tasks`)."""
+    windows: Tensor
+    """[n, B, K, 4*Ho*Wo]: the K = 9 x C values of the 3x3 patch at each position of every
+    2x2 pooling window, positions ordered (hi, wi, ho, wo): offset in the window, then the
+    window (`_first_stage` says why)."""
+    pooled_size: tuple[int, int]
+    """(Ho, Wo) = (H // 2, W // 2), max_pool2d's output size."""
+    patch_mean: Tensor
+    """[B, K] mean of the patches of all H x W positions (batch norm's statistics)."""
+    patch_covariance: Tensor
+    """[B, K, K] their biased covariance."""
+    patch_count: int
+
+
+def first_layer_input(x: Tensor, spec: NetSpec) -> Tensor | FirstLayerInput:
+    """`x` [B, n, C, H, W] prepared for `forward_tasks`'s matmul-and-pool first stage, where it
+    applies: on the CPU with 2x2 max-pooling (measured there, benchmarks/RESULTS.md); otherwise
+    `x` unchanged. On CUDA the convolution paths stay (not measured on a GPU)."""
+    if not (FIRST_STAGE_AS_MATMUL and x.device.type == "cpu" and spec.downsample == "max_pool"):
+        return x
+    tasks, n, channels, height, width = x.shape
+    folded = _fold_tasks(x)
+    patches = F.unfold(folded, 3, padding=1)  # [n, tasks*K, H*W]
+    mean, covariance, count = _patch_statistics(patches, tasks)
+    ho, wo = height // 2, width // 2
+    k = channels * 9
+    grid = patches.view(n, tasks, k, height, width)[..., : 2 * ho, : 2 * wo]
+    windows = grid.reshape(n, tasks, k, ho, 2, wo, 2).permute(0, 1, 2, 4, 6, 3, 5)
+    windows = windows.reshape(n, tasks, k, 4 * ho * wo)
+    return FirstLayerInput(x, folded, windows, (ho, wo), mean, covariance, count)
+
+
+def _first_stage(
+    x: FirstLayerInput,
+    weight: Tensor,
+    bias: Tensor,
+    step: int,
+    shared: Params,
+    spec: NetSpec,
+    stats_out: list[BatchNormStats] | None,
+) -> Tensor:
+    """conv0, batch norm with batch statistics and 2x2 max-pooling (before the activation,
+    which commutes with it) of B tasks -> [n, B*F, Ho, Wo].
+
+    Batch norm is folded into the weights (`_batch_norm_as_affine`); the convolution at the
+    positions that pooling reads is one matmul with `x.windows`, giving y laid out
+    [n*B, F, hi, wi, Q] (Q = Ho*Wo windows). Viewed as [n*B, Q, (F, hi), wi], that is a
+    channels-last tensor whose 2x2 pooling windows are exactly (hi, wi): torch's
+    max_pool2d_with_indices finds each window's maximum there with its own tie-breaking, and
+    its channels-last kernel (vectorised over Q) is ~8x faster on this CPU than the one for
+    contiguous [n, B*F, 2Ho, 2Wo] activations. The pooled values are then gathered from y at
+    those indices: gather's derivatives (scatter-add, gather) never touch y itself, whereas
+    max_pool2d's second derivative builds and adds a zero tensor of y's size (measured:
+    benchmarks/RESULTS.md). The shift is added after pooling (max(y + c) = max(y) + c).
+    Against conv2d + batch norm + max_pool2d (ties included): tests/test_engine.py."""
+    tasks, filters = weight.shape[:2]
+    w = weight.reshape(tasks, filters, -1)
+    scale, shift = _batch_norm_as_affine(
+        w, bias, x.patch_mean, x.patch_covariance, x.patch_count, step, shared, spec, stats_out
+    )
+    n = x.windows.shape[0]
+    ho, wo = x.pooled_size
+    q = ho * wo
+    y = torch.matmul((w * scale.unsqueeze(2)).unsqueeze(0), x.windows)  # [n, B, F, 4*Q]
+    with torch.no_grad():
+        channels_last = y.view(n * tasks, 2 * filters, 2, q).permute(0, 3, 1, 2)
+        window_max = F.max_pool2d_with_indices(channels_last, (2, 2))[1]  # [n*B, Q, F, 1]
+        # index 2*(2f + hi) + wi in the [(F, hi), wi] plane -> offset Q*index + q in y
+        offset = window_max.permute(0, 2, 3, 1).reshape(n * tasks, filters, q) * q
+        offset += torch.arange(q, device=y.device)
+    pooled = y.view(n * tasks, -1).gather(1, offset.view(n * tasks, -1))
+    return pooled.view(n, tasks * filters, ho, wo) + shift.reshape(1, -1, 1, 1)
+
+
+def _batch_norm_as_affine(
+    w: Tensor,
+    bias: Tensor,
+    patch_mean: Tensor,
+    patch_covariance: Tensor,
+    patch_count: int,
+    step: int,
+    shared: Params,
+    spec: NetSpec,
+    stats_out: list[BatchNormStats] | None,
+) -> tuple[Tensor, Tensor]:
+    """Batch norm (batch statistics) of the first conv's output y = w . p + b as an affine map
+    y -> scale * (w . p) + shift, per task and filter ([B, F] each).
+
+    The first layer's input does not depend on any parameter, so the statistics of y follow
+    from the patches' mean m and covariance S (computed from the images alone): mean = w . m + b,
+    var = w S w^T. Every batch-norm derivative, first and second, is then taken on [B, F]
+    tensors instead of the full-resolution activations (benchmarks/RESULTS.md)."""
+    mean = (w @ patch_mean.unsqueeze(2)).squeeze(2) + bias  # [tasks, filters]
+    var = ((w @ patch_covariance) * w).sum(2)  # biased, as batch norm normalises with
+    a = min(step, spec.affine_sets - 1)
+    scale = shared["bn0.weight"][a] * torch.rsqrt(var + BN_EPS)
+    shift = (bias - mean) * scale + shared["bn0.bias"][a]
+    if stats_out is not None:
+        unbiased = var.detach() * (patch_count / max(patch_count - 1, 1))
+        stats_out.append(BatchNormStats(0, step, mean.detach().mean(0), unbiased.mean(0)))
+    return scale, shift
+
+
 def _first_conv_with_batch_norm(
     x: Tensor,
     weight: Tensor,
@@ -243,29 +376,18 @@ def _first_conv_with_batch_norm(
     spec: NetSpec,
     stats_out: list[BatchNormStats] | None,
 ) -> Tensor:
-    """conv0 then batch norm with batch statistics, as ONE grouped convolution.
-
-    The first layer's input does not depend on any parameter, so the batch statistics of its
-    output y = w . p + b (p: a 3x3 input patch, K = 9 x channels values) follow from the patches'
-    mean m and covariance S, computed from the images alone: mean = w . m + b and
-    var = w S w^T, per task and filter. Normalising is then an affine map of y, so
-    bn(conv(x, w, b)) = conv(x, s w, (b - mean) s + beta) with s = gamma / sqrt(var + eps).
-    Every batch-norm derivative, first and second, is taken on [tasks, filters] tensors instead
-    of the full-resolution activations (benchmarks/RESULTS.md); the result equals
-    `_batch_norm` after `F.conv2d` up to rounding (tests/test_engine.py, float64)."""
+    """conv0 then batch norm with batch statistics, as ONE grouped convolution of the folded
+    images `x` [n, B*C, H, W]: bn(conv(x, w, b)) = conv(x, scale * w, shift)
+    (`_batch_norm_as_affine`). Used where `_first_stage` is not (CUDA; strided convs or
+    average pooling); equals `_batch_norm` after `F.conv2d` up to rounding (tests)."""
     tasks, filters = weight.shape[:2]
     stride = 2 if spec.downsample == "stride" else 1
-    mean_patch, covariance, count = _patch_statistics(x, tasks, stride)
-    k = mean_patch.shape[1]
-    w = weight.reshape(tasks, filters, k)
-    mean = (w @ mean_patch.unsqueeze(2)).squeeze(2) + bias  # [tasks, filters]
-    var = ((w @ covariance) * w).sum(2)  # biased, as batch norm normalises with
-    a = min(step, spec.affine_sets - 1)
-    scale = shared["bn0.weight"][a] * torch.rsqrt(var + BN_EPS)
-    shift = (bias - mean) * scale + shared["bn0.bias"][a]
-    if stats_out is not None:
-        unbiased = var.detach() * (count / max(count - 1, 1))
-        stats_out.append(BatchNormStats(0, step, mean.detach().mean(0), unbiased.mean(0)))
+    patches = F.unfold(x, 3, padding=1, stride=stride)
+    mean, covariance, count = _patch_statistics(patches, tasks)
+    w = weight.reshape(tasks, filters, -1)
+    scale, shift = _batch_norm_as_affine(
+        w, bias, mean, covariance, count, step, shared, spec, stats_out
+    )
     return F.conv2d(
         x,
         (w * scale.unsqueeze(2)).reshape(tasks * filters, *weight.shape[2:]),
@@ -276,13 +398,12 @@ def _first_conv_with_batch_norm(
     )
 
 
-def _patch_statistics(x: Tensor, tasks: int, stride: int) -> tuple[Tensor, Tensor, int]:
+def _patch_statistics(patches: Tensor, tasks: int) -> tuple[Tensor, Tensor, int]:
     """Per task, the mean [tasks, K] and biased covariance [tasks, K, K] of the 3x3 patches
-    (zero padding included) that a padding-1 convolution of the folded input `x`
-    [n, tasks*C, H, W] sees, and how many patches each task has (n x output positions)."""
-    n, folded = x.shape[:2]
-    k = folded // tasks * 9
-    patches = F.unfold(x, 3, padding=1, stride=stride)  # [n, tasks*K, positions]
+    `patches` [n, tasks*K, positions] (F.unfold of the folded images, zero padding included),
+    and how many patches each task has (n x positions)."""
+    n, folded = patches.shape[:2]
+    k = folded // tasks
     patches = patches.view(n, tasks, k, -1).transpose(0, 1).transpose(2, 3).reshape(tasks, -1, k)
     mean = patches.mean(1)
     centered = patches - mean.unsqueeze(1)

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mamlpp import model, schedules
 from mamlpp.batch import TaskBatch
@@ -389,3 +390,52 @@ def test_auto_engine_follows_the_measured_choice() -> None:
     assert MetaLearner(get_preset("miniimagenet_5way_1shot_mamlpp").config).engine == "loop"
     pinned = replace(get_preset("miniimagenet_5way_1shot_mamlpp").config, engine="folded")
     assert MetaLearner(pinned).engine == "folded"
+
+
+@pytest.mark.parametrize(("channels", "height", "width"), [(1, 28, 28), (3, 9, 11)])
+def test_first_stage_matmul_equals_conv_batch_norm_and_max_pool(channels: int, height: int, width: int) -> None:
+    """`_first_stage` (patches prepared once, one matmul, pooling by gather) against conv2d,
+    batch norm and max_pool2d: values, batch statistics, and first and second derivatives,
+    for several input channels and odd image sizes (pooling drops the last row/column)."""
+    tasks, n, filters = 3, 4, 5
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(tasks, n, channels, height, width, generator=g) > 0.6).double()
+    c = synthetic_config()
+    spec = replace(model.NetSpec.from_config(c), in_channels=channels, filters=filters)
+    weight = torch.randn(tasks, filters, channels, 3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(tasks, filters, generator=g, dtype=torch.float64)
+    shared = {
+        "bn0.weight": torch.rand(spec.affine_sets, filters, generator=g, dtype=torch.float64) + 0.5,
+        "bn0.bias": torch.randn(spec.affine_sets, filters, generator=g, dtype=torch.float64),
+    }
+    leaves = [weight.requires_grad_(), bias.requires_grad_(), *[v.requires_grad_() for v in shared.values()]]
+    prepared = model.first_layer_input(images, spec)
+    assert isinstance(prepared, model.FirstLayerInput)
+    probe = torch.randn(n, tasks * filters, height // 2, width // 2, generator=g, dtype=torch.float64)
+
+    def reference(stats: list[model.BatchNormStats]) -> torch.Tensor:
+        h = F.conv2d(model._fold_tasks(images), weight.reshape(-1, channels, 3, 3), bias.reshape(-1),
+                     padding=1, groups=tasks)
+        h = model._batch_norm(h, 0, 1, tasks, shared, {}, spec, "batch", stats)
+        return F.max_pool2d(h, 2)
+
+    def ours(stats: list[model.BatchNormStats]) -> torch.Tensor:
+        return model._first_stage(prepared, weight, bias, 1, shared, spec, stats)
+
+    results = {}
+    for name, stage in (("reference", reference), ("ours", ours)):
+        stats: list[model.BatchNormStats] = []
+        out = stage(stats)
+        first = torch.autograd.grad(((out * probe) ** 2).sum(), leaves, create_graph=True)
+        second = torch.autograd.grad(sum((d * d).sum() for d in first), leaves)
+        results[name] = (out, stats[0], first, second)
+    ref, got = results["reference"], results["ours"]
+    torch.testing.assert_close(got[0], ref[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1].mean, ref[1].mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1].var, ref[1].var, rtol=0, atol=1e-12)
+    for order in (2, 3):  # first, then second derivatives
+        # conv0's bias cancels in batch norm: its derivatives are 0 up to rounding, judged
+        # against the size of the other derivatives
+        scale = max(float(b.detach().abs().max()) for b in ref[order])
+        for a, b in zip(got[order], ref[order], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * scale)
