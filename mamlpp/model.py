@@ -53,6 +53,9 @@ FOLD_FIRST_BATCH_NORM = True
 # with prepared patches and a channels-last view for pooling (`_first_stage`); False: the
 # folded convolution above. For benchmarking (benchmarks/ab_switch.py).
 FIRST_STAGE_AS_MATMUL = True
+# On the CPU, the folded engine's later max-pooling layers as `_max_pool_by_gather`; False:
+# F.max_pool2d. For benchmarking (benchmarks/ab_switch.py).
+POOL_BY_GATHER = True
 
 
 @dataclass(frozen=True)
@@ -137,14 +140,29 @@ def _activate(h: Tensor, spec: NetSpec) -> Tensor:
     return F.leaky_relu(h, LEAKY_SLOPE) if spec.activation == "leaky_relu" else F.softplus(h)
 
 
-def _activate_and_downsample(h: Tensor, spec: NetSpec) -> Tensor:
+def _activate_and_downsample(h: Tensor, spec: NetSpec, pool_by_gather: bool = False) -> Tensor:
     """activation then downsampling. Max-pooling commutes with an increasing activation, so it
-    runs first and the activation (and its first and second derivatives) touch 4x fewer values."""
+    runs first and the activation (and its first and second derivatives) touch 4x fewer values.
+    pool_by_gather: `_max_pool_by_gather` (the folded engine on the CPU) for F.max_pool2d."""
     if spec.downsample == "max_pool":
-        return _activate(F.max_pool2d(h, 2), spec)
+        pooled = _max_pool_by_gather(h) if pool_by_gather else F.max_pool2d(h, 2)
+        return _activate(pooled, spec)
     if spec.downsample == "avg_pool":
         return F.avg_pool2d(_activate(h, spec), 2)
     return _activate(h, spec)  # "stride": the conv already halved the resolution
+
+
+def _max_pool_by_gather(h: Tensor) -> Tensor:
+    """F.max_pool2d(h, 2) of contiguous [n, C, H, W] activations as a gather at the window
+    maxima that max_pool2d's channels-last kernel finds (the same maxima, ties broken the same
+    way). On the 2-core CPU the channels-last kernel is several times faster than the one for
+    contiguous tensors, and gather's derivatives never touch `h` itself, whereas max_pool2d's
+    second derivative builds and adds a zero tensor of h's size (benchmarks/RESULTS.md)."""
+    with torch.no_grad():
+        channels_last = h.contiguous(memory_format=torch.channels_last)
+        index = F.max_pool2d_with_indices(channels_last, (2, 2))[1].contiguous()
+    n, c, ho, wo = index.shape
+    return h.flatten(2).gather(2, index.view(n, c, -1)).view(n, c, ho, wo)
 
 
 def _batch_norm(
@@ -235,7 +253,7 @@ def forward_tasks(
                 h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride=stride, padding=1, groups=tasks
             )
             h = _batch_norm(h, i, step, tasks, shared, running, spec, mode, stats_out)
-        h = _activate_and_downsample(h, spec)
+        h = _activate_and_downsample(h, spec, POOL_BY_GATHER and h.device.type == "cpu")
     features = h.reshape(n, tasks, -1).transpose(0, 1)  # [B, n, F], per-task flatten order
     weight, bias = fast["linear.weight"], fast["linear.bias"]
     return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))

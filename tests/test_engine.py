@@ -439,3 +439,27 @@ def test_first_stage_matmul_equals_conv_batch_norm_and_max_pool(channels: int, h
         scale = max(float(b.detach().abs().max()) for b in ref[order])
         for a, b in zip(got[order], ref[order], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("size", [14, 7])
+def test_max_pool_by_gather_equals_max_pool2d_ties_included(size: int) -> None:
+    """The folded engine's pooling against F.max_pool2d on activations full of ties (values
+    from {0, 1, 2}): the same outputs, the same element of every window receives the gradient,
+    and the same first and second derivatives flow to a parameter before the pooling; odd
+    sizes drop the last row and column as max_pool2d does."""
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 3, (2, 6, size, size), generator=g).double()
+    probe = torch.randn(2, 6, size // 2, size // 2, generator=g, dtype=torch.float64)
+    scale = torch.rand(6, 1, 1, generator=g, dtype=torch.float64).add(0.5).requires_grad_()
+    pools = {"ours": model._max_pool_by_gather, "torch": lambda h: F.max_pool2d(h, 2)}
+    results = {}
+    for name, pool in pools.items():
+        x = values.clone().requires_grad_()
+        (by_input,) = torch.autograd.grad((pool(x) * probe).sum(), x)
+        out = pool(values * scale)
+        (first,) = torch.autograd.grad(((out * probe) ** 2).sum(), scale, create_graph=True)
+        (second,) = torch.autograd.grad(first.pow(2).sum(), scale)
+        results[name] = (out, by_input, first, second)
+    assert torch.equal(results["ours"][1], results["torch"][1])  # the same tied elements
+    for a, b in zip(results["ours"], results["torch"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
