@@ -1,6 +1,7 @@
 """Interleaved A/B of one boolean engine switch in `mamlpp.model`, in one process.
 
     .venv/bin/python benchmarks/ab_switch.py FOLD_FIRST_BATCH_NORM omniglot_5way_1shot_mamlpp 6
+    .venv/bin/python benchmarks/ab_switch.py FIRST_STAGE_AS_MATMUL,POOL_BY_GATHER omniglot_5way_1shot_mamlpp 8
 
 Alternates the switch off/on for ROUNDS rounds; each round times 2 MAML++ train_step calls at
 epoch 0 (after 1 untimed call) on random images of the preset's shape, and prints the median
@@ -24,15 +25,18 @@ from mamlpp.presets import get_preset
 
 def main(switch: str, preset: str, rounds: int) -> None:
     keep_freed_memory()  # as `mamlpp` does
-    if not isinstance(getattr(model, switch, None), bool):
-        raise SystemExit(f"mamlpp.model.{switch} is not a boolean switch")
+    switches = switch.split(",")  # several switches are turned off and on together
+    for name in switches:
+        if not isinstance(getattr(model, name, None), bool):
+            raise SystemExit(f"mamlpp.model.{name} is not a boolean switch")
     config = get_preset(preset).config
     learner = MetaLearner(config, device="cpu")
     batch = random_batch(config, torch.Generator().manual_seed(0))
     times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(rounds):
         for value in (False, True):
-            setattr(model, switch, value)
+            for name in switches:
+                setattr(model, name, value)
             learner.train_step(batch, 0)
             start = time.perf_counter()
             for _ in range(2):
