@@ -175,6 +175,10 @@ def test_folded_tasks_agree_with_the_per_task_loop(downsample: str, images: str)
         )
     ev = {e: learners[e].evaluate(batch) for e in learners}
     torch.testing.assert_close(ev["folded"].probs, ev["loop"].probs, rtol=0, atol=1e-10)
+    for e in learners:  # evaluation with the running statistics (the first stage's other path)
+        learners[e].config = replace(c, engine=e, bn=replace(c.bn, eval_stats="running"))
+    ev = {e: learners[e].evaluate(batch) for e in learners}
+    torch.testing.assert_close(ev["folded"].probs, ev["loop"].probs, rtol=0, atol=1e-10)
 
 
 # ---------------------------------------------------------------- MSL weights
