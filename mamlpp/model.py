@@ -349,10 +349,9 @@ def _first_stage(
     with torch.no_grad():
         channels_last = y.view(n * tasks, 2 * filters, 2, q).permute(0, 3, 1, 2)
         window_max = F.max_pool2d_with_indices(channels_last, (2, 2))[1]  # [n*B, Q, F, 1]
-        # index 2*(2f + hi) + wi in the [(F, hi), wi] plane -> offset Q*index + q in y
-        offset = window_max.permute(0, 2, 3, 1).reshape(n * tasks, filters, q) * q
-        offset += torch.arange(q, device=y.device)
-    pooled = y.view(n * tasks, -1).gather(1, offset.view(n * tasks, -1))
+        # its index 2*(2f + hi) + wi in the [(F, hi), wi] plane is y's row in [n*B, 4F, Q]
+        rows = window_max.permute(0, 2, 3, 1).reshape(n * tasks, filters, q)
+    pooled = y.view(n * tasks, 4 * filters, q).gather(1, rows)
     return pooled.view(n, tasks * filters, ho, wo) + shift.reshape(1, -1, 1, 1)
 
 
