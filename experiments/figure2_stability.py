@@ -13,7 +13,7 @@ gives a figure, not numbers:
 which every run writes to ``iterations.jsonl`` (docs/run-directory.md); nothing extra to log.
 
 Expected runtime (README "Runtime"; experiments/cost_h200_graph.jsonl):
-- smoke: about 6 x 8 minutes on the 2-core CPU (projected from a timed short run of
+- smoke: about 6 x 12 minutes on the 2-core CPU (projected from a timed short run of
   stability_mamlpp, 0.70 s per iteration: experiments/cost_cpu2_idle.jsonl); a few minutes on
   one H200.
 - paper: about 3.3 H200 GPU-hours (0.5-0.6 hours per run, CUDA-graph step; timed directly).

@@ -18,7 +18,8 @@ lists the accepted formats); this machine has none, so the table has not been ru
 
 Expected runtime (projected from timed short runs on random pixels of the real shapes:
 `python -m experiments.cost`, README "Runtime", experiments/cost_h200.jsonl):
-- smoke: about 1 GPU-hour on one H200 (about 2.5 minutes per run); not timed on the CPU.
+- smoke: about 1.5 GPU-hours on one H200 (about 4 minutes per run; projected with the 10-epoch
+  smoke scale x 1.5); not timed on the CPU.
 - paper: about 85 H200 GPU-hours (3.5-3.8 hours per run; the MAML and 1-4-step rows are
   timed as the 5-step MAML++ row, so this is an upper bound), about 11 hours on 8 GPUs.
 
