@@ -4,7 +4,9 @@
 directory with ``mamlpp.trainer.run_name``, skips the finished ones (``test.json`` exists), and
 runs the rest as ``mamlpp train`` subprocesses, JOBS at a time; unfinished runs resume because
 the trainer resumes when given the same command. With GPUs, each job slot owns one GPU
-(``CUDA_VISIBLE_DEVICES``). A second invocation after a complete sweep launches nothing.
+(``CUDA_VISIBLE_DEVICES``). A second invocation after a complete sweep launches nothing. A
+run directory holding another config than the sweep's (trained before the code's defaults
+changed) stops it with an error naming the directory, rather than entering its tables.
 
 ``sweep export`` writes the same grid as a W&B grid sweep whose command is the runner's
 ``mamlpp train`` command line, so ``wandb sweep`` + ``wandb agent`` on any number of machines
@@ -71,6 +73,19 @@ class Sweep:
 
         name = run_name(point.preset, overrides_dict(self.overrides), point.seed, self.scale)
         return self.runs_dir / name
+
+
+    def trained_otherwise(self, point: GridPoint) -> bool:
+        """Whether the point's run directory holds a run whose config differs from the one this
+        sweep would train now (the code's defaults changed since, e.g. the smoke scale's
+        epochs); `mamlpp train` refuses to continue such a run, so the sweep must not count it."""
+        from mamlpp.trainer import resolve_config
+
+        stored = self.run_dir(point) / "config.json"
+        if not stored.is_file():
+            return False
+        wanted = resolve_config(point.preset, self.overrides, point.seed, self.scale)
+        return bool(json.loads(stored.read_text())["config"] != json.loads(wanted.to_json()))
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -254,6 +269,13 @@ def run_sweep(sweep: Sweep, jobs: str, device: str | None, dry_run: bool) -> Non
             unfinished.append(point)
         else:
             missing.append(point)
+    stale = [sweep.run_dir(p).name for p in finished + unfinished if sweep.trained_otherwise(p)]
+    if stale:
+        raise MamlppError(
+            f"{len(stale)} run(s) in {sweep.runs_dir} were started with another config than "
+            f"this sweep's (the code's defaults changed since?): {', '.join(stale)}. Delete "
+            "them or pick another --runs-dir."
+        )
     todo = [p for p in sweep.points if p in unfinished or p in missing]
     click.echo(
         f"{sweep.experiment.name} at {sweep.scale} scale, {len(sweep.points)} runs in "

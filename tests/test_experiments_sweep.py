@@ -102,6 +102,28 @@ def test_runs_only_missing_runs_then_nothing(fake_train: Path, tmp_path: Path) -
     assert len(_calls(fake_train)) == 1  # the second invocation launched nothing
 
 
+def test_a_run_of_another_config_is_not_counted_as_finished(fake_train: Path, tmp_path: Path) -> None:
+    """A finished run trained before the code's defaults changed (here: the smoke scale had 10
+    epochs) stops the sweep with a one-line error naming it, instead of entering its tables."""
+    from mamlpp.trainer import resolve_config
+
+    runs = tmp_path / "runs"
+    old = runs / run_name(ROWS[0], {}, 0, "smoke")
+    old.mkdir(parents=True)
+    config = resolve_config(ROWS[0], [], 0, "smoke")
+    stored = json.loads(config.to_json())
+    (old / "config.json").write_text(json.dumps({"config": stored, "run": {}}))
+    (old / "test.json").write_text("{}")
+    code, out = _sweep_run(runs, "--jobs", "1", "--dry-run")
+    assert code == 0 and "1 finished" in out, out  # the same config: finished
+
+    stored["schedule"]["epochs"] = 10
+    (old / "config.json").write_text(json.dumps({"config": stored, "run": {}}))
+    code, out = _sweep_run(runs, "--jobs", "1")
+    assert code != 0 and "another config" in out and old.name in out, out
+    assert "Traceback" not in out and _calls(fake_train) == []
+
+
 def test_failed_run_is_reported_and_the_others_still_finish(
     fake_train: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
