@@ -331,8 +331,8 @@ def _first_stage(
     [n*B, F, hi, wi, Q] (Q = Ho*Wo windows). Viewed as [n*B, Q, (F, hi), wi], that is a
     channels-last tensor whose 2x2 pooling windows are exactly (hi, wi): torch's
     max_pool2d_with_indices finds each window's maximum there with its own tie-breaking, and
-    its channels-last kernel (vectorised over Q) is ~8x faster on this CPU than the one for
-    contiguous [n, B*F, 2Ho, 2Wo] activations. The pooled values are then gathered from y at
+    its channels-last kernel (vectorised over Q) is 14-19x faster on this CPU than the one for
+    contiguous [n, B*F, 2Ho, 2Wo] activations (benchmarks/cpu_kernels.py). The pooled values are then gathered from y at
     those indices: gather's derivatives (scatter-add, gather) never touch y itself, whereas
     max_pool2d's second derivative builds and adds a zero tensor of y's size (measured:
     benchmarks/RESULTS.md). The shift is added after pooling (max(y + c) = max(y) + c).
