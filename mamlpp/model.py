@@ -332,10 +332,10 @@ def _first_stage(
     channels-last tensor whose 2x2 pooling windows are exactly (hi, wi): torch's
     max_pool2d_with_indices finds each window's maximum there with its own tie-breaking, and
     its channels-last kernel (vectorised over Q) is 14-19x faster on this CPU than the one for
-    contiguous [n, B*F, 2Ho, 2Wo] activations (benchmarks/cpu_kernels.py). The pooled values are then gathered from y at
-    those indices: gather's derivatives (scatter-add, gather) never touch y itself, whereas
-    max_pool2d's second derivative builds and adds a zero tensor of y's size (measured:
-    benchmarks/RESULTS.md). The shift is added after pooling (max(y + c) = max(y) + c).
+    contiguous [n, B*F, 2Ho, 2Wo] activations (benchmarks/cpu_kernels.py). The pooled values
+    are then gathered from y at those indices: gather's derivatives (scatter-add, gather) never
+    touch y itself, whereas max_pool2d's second derivative builds and adds a zero tensor of y's
+    size (measured: benchmarks/RESULTS.md). The shift is added after pooling (max(y + c) = max(y) + c).
     Against conv2d + batch norm + max_pool2d (ties included): tests/test_engine.py."""
     tasks, filters = weight.shape[:2]
     w = weight.reshape(tasks, filters, -1)

@@ -74,18 +74,15 @@ class Sweep:
         name = run_name(point.preset, overrides_dict(self.overrides), point.seed, self.scale)
         return self.runs_dir / name
 
-
     def trained_otherwise(self, point: GridPoint) -> bool:
         """Whether the point's run directory holds a run whose config differs from the one this
         sweep would train now (the code's defaults changed since, e.g. the smoke scale's
         epochs); `mamlpp train` refuses to continue such a run, so the sweep must not count it."""
-        from mamlpp.trainer import resolve_config
+        from mamlpp.tracking import RunDirectory
+        from mamlpp.trainer import holds_another_config, resolve_config
 
-        stored = self.run_dir(point) / "config.json"
-        if not stored.is_file():
-            return False
-        wanted = resolve_config(point.preset, self.overrides, point.seed, self.scale)
-        return bool(json.loads(stored.read_text())["config"] != json.loads(wanted.to_json()))
+        config = resolve_config(point.preset, self.overrides, point.seed, self.scale)
+        return holds_another_config(RunDirectory(self.run_dir(point)), config)
 
 
 def is_finished(run_dir: Path) -> bool:

@@ -357,21 +357,28 @@ def default_episodes() -> EpisodeFactory:
     return make_episodes
 
 
+def holds_another_config(run_dir: RunDirectory, config: Config) -> bool:
+    """Whether `run_dir` holds a run started with a config other than `config` (a run started
+    before the code's defaults changed); a run directory without config.json holds none."""
+    if not run_dir.config_path.exists():
+        return False
+    return bool(run_dir.read_config()["config"] != json.loads(config.to_json()))
+
+
 def start_run_directory(
     run_dir: RunDirectory, config: Config, run: dict[str, Any]
 ) -> dict[str, Any]:
     """Write config.json for a new run; for an existing one check it holds this very config and
     return its stored run info (the same command finds and continues its own run)."""
     run_dir.create()
-    wanted = json.loads(config.to_json())
     if run_dir.config_path.exists():
-        stored = run_dir.read_config()
-        if stored["config"] != wanted:
+        if holds_another_config(run_dir, config):
             raise RunDirectoryError(
                 f"{run_dir.path} holds a run with a different config (the code's defaults "
                 "changed since it started?); delete it or pick another --runs-dir"
             )
-        return dict(stored["run"])
+        return dict(run_dir.read_config()["run"])
+    wanted = json.loads(config.to_json())
     run = {**run, "versions": versions(), "git_commit": git_commit(), "started": now_utc(),
            "wandb_id": uuid.uuid4().hex[:12]}  # fmt: skip
     run_dir.write_config(wanted, run)
