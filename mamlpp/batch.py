@@ -35,3 +35,7 @@ class TaskBatch(NamedTuple):
     def task(self, i: int) -> TaskBatch:
         """Task i alone, keeping a leading task dimension of 1."""
         return TaskBatch(*(t[i : i + 1] for t in self))
+
+    def tasks(self, which: slice) -> TaskBatch:
+        """The tasks in the slice `which` (views, no copy)."""
+        return TaskBatch(*(t[which] for t in self))

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mamlpp import model, schedules
+from mamlpp import model, schedules, task_threads
 from mamlpp.batch import TaskBatch
 from mamlpp.config import Config
 from mamlpp.inner_loop import Forward, InnerLoopResult, Rates, inner_loop
@@ -232,8 +232,7 @@ class MetaLearner:
         for group in self.optimizer.param_groups:
             group["lr"] = self.meta_lr(epoch)
         self.optimizer.zero_grad(set_to_none=True)
-        result = self.meta_loss(batch, epoch)
-        result.loss.backward()
+        result = self._meta_gradients(batch, epoch)
         meta = self.meta_parameters()
         clip_gradients(meta, self.config.outer.grad_clip)
         grad_stats = _gradient_statistics(meta)
@@ -248,6 +247,30 @@ class MetaLearner:
             step_losses=result.step_losses,
         )
 
+    def _meta_gradients(self, batch: TaskBatch, epoch: int) -> MetaLossResult:
+        """`meta_loss(batch, epoch).loss.backward()`, on the CPU with the tasks in groups on
+        parallel threads (`task_threads`): each group's gradients of its share of the loss
+        (its tasks' sum / B), summed in group order into `.grad`. Returns the meta loss's
+        numbers (its loss detached when the tasks were split)."""
+        groups = task_threads.task_groups(batch.num_tasks, self.device)
+        if len(groups) == 1:
+            result = self.meta_loss(batch, epoch)
+            result.loss.backward()
+            return result
+        meta = list(self.meta_parameters().values())
+        shares = [(g.stop - g.start) / batch.num_tasks for g in groups]
+
+        def group_gradients(group: slice) -> tuple[MetaLossResult, Sequence[Tensor | None]]:
+            part = self.meta_loss(batch.tasks(group), epoch)
+            share = shares[groups.index(group)]
+            return part, torch.autograd.grad(part.loss * share, meta, allow_unused=True)
+
+        parts = task_threads.map_on_threads(group_gradients, groups)
+        for p, grads in zip(meta, zip(*(g for _, g in parts), strict=True), strict=True):
+            present = [g for g in grads if g is not None]
+            p.grad = torch.stack(present).sum(0) if present else None
+        return _combine_results([r for r, _ in parts], shares)
+
     @torch.no_grad()
     def _update_running_stats(self, stats: list[model.BatchNormStats]) -> None:
         m = self.config.bn.momentum
@@ -259,8 +282,16 @@ class MetaLearner:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, batch: TaskBatch) -> EvalResult:
         """Adapt to each task with `inner.eval_steps` first-order steps and score its target set.
-        Batch norm uses the config's `bn.eval_stats`; running statistics are not changed."""
+        Batch norm uses the config's `bn.eval_stats`; running statistics are not changed.
+        On the CPU, groups of tasks run on parallel threads (`task_threads`)."""
         batch = batch.to(self.device, self.dtype)
+        groups = task_threads.task_groups(batch.num_tasks, self.device)
+        parts = task_threads.map_on_threads(lambda g: self._evaluate(batch.tasks(g)), groups)
+        if len(parts) == 1:
+            return parts[0]
+        return EvalResult(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(EvalResult)))
+
+    def _evaluate(self, batch: TaskBatch) -> EvalResult:
         tasks = batch.num_tasks
         shared = {k: v.detach() for k, v in self.params.items()}
         forward = self._forward(model.forward_tasks, shared, self.config.bn.eval_stats, None)
@@ -339,6 +370,39 @@ def _mean_per_step(results: list[InnerLoopResult], attr: str) -> list[float | No
         else:
             per_step.append(float(torch.stack([v.detach().double().mean() for v in values]).mean()))
     return per_step
+
+
+def _combine_results(parts: list[MetaLossResult], shares: list[float]) -> MetaLossResult:
+    """The meta loss's numbers for the whole batch from its task groups' (`shares`: each group's
+    fraction of the tasks): loss, per-step means and batch statistics weighted by the shares."""
+
+    def weighted(values: Sequence[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        if len(present) < len(values):
+            return None  # a step without a target loss (MSL weight 0), in every group
+        return sum(v * s for v, s in zip(present, shares, strict=True))
+
+    def per_step(attr: str) -> list[float | None]:
+        return [weighted(step) for step in zip(*(getattr(p, attr) for p in parts), strict=True)]
+
+    stats = [
+        model.BatchNormStats(
+            group[0].layer,
+            group[0].step,
+            sum(s.mean * w for s, w in zip(group, shares, strict=True)),  # type: ignore[misc]
+            sum(s.var * w for s, w in zip(group, shares, strict=True)),  # type: ignore[misc]
+        )
+        for group in zip(*(p.bn_stats for p in parts), strict=True)
+    ]
+    first = parts[0]
+    return MetaLossResult(
+        loss=sum(p.loss.detach() * s for p, s in zip(parts, shares, strict=True)),  # type: ignore[arg-type]
+        step_losses=per_step("step_losses"),
+        step_accuracies=per_step("step_accuracies"),
+        msl_weights=first.msl_weights,
+        second_order=first.second_order,
+        bn_stats=stats,
+    )
 
 
 def _average_stats(per_task: list[list[model.BatchNormStats]]) -> list[model.BatchNormStats]:

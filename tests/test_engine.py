@@ -358,10 +358,14 @@ def test_fused_and_elementwise_batch_norm_give_the_same_meta_gradients(monkeypat
     torch.testing.assert_close(out["fused"][1], out["elementwise"][1], rtol=0, atol=1e-12)
 
 
-def test_graphed_step_logic_equals_train_step_without_recording() -> None:
+def test_graphed_step_logic_equals_train_step_without_recording(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CUDA-graph step's static-input iteration (run unrecorded, on the CPU) must update
-    the learner exactly as train_step does; only the recording itself needs a GPU."""
+    the learner exactly as train_step does; only the recording itself needs a GPU. (On CUDA
+    train_step computes the tasks as one group, so the CPU's task threads are off here.)"""
+    from mamlpp import task_threads
     from mamlpp.cuda_graph import GraphedTrainStep
+
+    monkeypatch.setattr(task_threads, "ENABLED", False)
 
     c = synthetic_config()
     batches = [random_batch(c, 4, seed=s) for s in range(3)]
@@ -467,3 +471,38 @@ def test_max_pool_by_gather_equals_max_pool2d_ties_included(size: int) -> None:
     assert torch.equal(results["ours"][1], results["torch"][1])  # the same tied elements
     for a, b in zip(results["ours"], results["torch"], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("tasks", [4, 5])
+def test_task_groups_on_threads_equal_one_group(tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_step and evaluate with the tasks split into groups on parallel threads
+    (task_threads, the CPU default) equal the one-group computation: parameters after Adam,
+    loss, per-step metrics, gradient statistics, running statistics, per-task evaluation.
+    5 tasks make unequal groups (2 + 3), so each group's share must weight its numbers."""
+    from mamlpp import task_threads
+
+    c = synthetic_config()
+    batches = [random_batch(c, tasks, seed=s) for s in range(2)]
+    groups = task_threads.task_groups(tasks, torch.device("cpu"))
+    assert [(g.start, g.stop) for g in groups] == ([(0, 2), (2, 4)] if tasks == 4 else [(0, 2), (2, 5)])
+    out = {}
+    for enabled in (False, True):
+        monkeypatch.setattr(task_threads, "ENABLED", enabled)
+        learner = MetaLearner(c, dtype=torch.float64)
+        steps = [learner.train_step(b, epoch) for epoch, b in enumerate(batches)]
+        out[enabled] = (learner, steps, learner.evaluate(batches[0]))
+    (one, one_steps, one_eval), (split, split_steps, split_eval) = out[False], out[True]
+    for a, b in zip(one_steps, split_steps, strict=True):
+        assert b.loss == pytest.approx(a.loss, rel=1e-12)
+        assert b.step_losses == pytest.approx(a.step_losses, rel=1e-12)
+        assert b.accuracy == pytest.approx(a.accuracy, rel=1e-12)
+        assert b.grad_stats["conv0.weight"] == pytest.approx(a.grad_stats["conv0.weight"], rel=1e-10)
+    # Adam turns the rounding noise in gradients that are 0 in exact arithmetic (a conv bias
+    # before batch norm) into updates of ~1e-11, hence atol 1e-10 on the parameters.
+    for k, v in one.meta_parameters().items():
+        torch.testing.assert_close(split.meta_parameters()[k], v, rtol=1e-10, atol=1e-10)
+    for k, v in one.running.items():
+        torch.testing.assert_close(split.running[k], v, rtol=0, atol=1e-12)
+    for name in ("loss", "accuracy", "probs"):
+        torch.testing.assert_close(getattr(split_eval, name), getattr(one_eval, name), rtol=0, atol=1e-12)
+    assert torch.get_num_threads() == 2  # the intra-op threads are given back

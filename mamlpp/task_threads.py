@@ -1,0 +1,60 @@
+"""Groups of a meta-batch's tasks computed side by side on CPU threads, one intra-op thread each.
+
+Tasks are independent until their meta-gradients are summed (batch norm's statistics are per
+task), so B tasks can run as G groups of B/G tasks, each group still folded into one set of
+grouped convolutions, each on its own Python thread with 1 intra-op thread (G = the intra-op
+thread count, at most B). On the 2-core CPU this beats one group spread over 2 intra-op threads:
+an iteration makes about 19,500 aten calls, most of them small, and during their dispatch
+(Python, autograd bookkeeping, OpenMP fork/join) the second core idles; with two groups the
+other thread computes meanwhile (torch's ops release the GIL). Measured in
+benchmarks/RESULTS.md (`python benchmarks/ab_switch.py task_threads.ENABLED`).
+
+Only where it was measured: the CPU. On CUDA one stream of large kernels is what is wanted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+
+ENABLED = True
+"""Switch (benchmarks/ab_switch.py toggles it): False computes every meta-batch as one group."""
+
+Result = TypeVar("Result")
+
+
+def task_groups(tasks: int, device: torch.device) -> list[slice]:
+    """Contiguous, near-equal slices of range(tasks); a single slice where groups do not apply
+    (off the CPU, one intra-op thread, one task, or ENABLED False)."""
+    threads = torch.get_num_threads()
+    if not ENABLED or device.type != "cpu" or threads < 2 or tasks < 2:
+        return [slice(0, tasks)]
+    count = min(threads, tasks)
+    bounds = [round(i * tasks / count) for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def map_on_threads(work: Callable[[slice], Result], groups: list[slice]) -> list[Result]:
+    """[work(g) for g in groups], one thread per group, with the intra-op threads shared out
+    among them (restored afterwards). Results come back in the groups' order, so whatever the
+    caller sums over them is summed in a fixed order (runs stay deterministic). An exception
+    in a group is raised here."""
+    if len(groups) == 1:
+        return [work(groups[0])]
+    threads, grad_mode = torch.get_num_threads(), torch.is_grad_enabled()
+
+    def run(group: slice) -> Result:
+        with torch.set_grad_enabled(grad_mode):  # grad mode is per thread; keep the caller's
+            return work(group)
+
+    # A fresh pool each call: torch gives a new thread the intra-op count current at its first
+    # parallel op, so threads kept from an earlier call could hold a stale count.
+    torch.set_num_threads(max(threads // len(groups), 1))
+    try:
+        with ThreadPoolExecutor(len(groups), thread_name_prefix="mamlpp-tasks") as pool:
+            return list(pool.map(run, groups))
+    finally:
+        torch.set_num_threads(threads)
