@@ -19,14 +19,11 @@ import ctypes.util
 import os
 
 # mallopt parameter numbers, from glibc's <malloc.h>
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 SETTINGS = {
     M_MMAP_THRESHOLD: 1 << 30,  # blocks up to 1 GiB come from the heap, not from fresh mmaps
     M_TRIM_THRESHOLD: (1 << 31) - 1,  # never hand the heap's free top back to the kernel
     M_TOP_PAD: 256 << 20,  # grow the heap in 256 MiB steps
-    # one arena for all threads (task_threads' too): another thread's arena is a 64 MiB heap
-    # that maps bigger blocks afresh, whatever the thresholds above say
-    M_ARENA_MAX: 1,
 }
 _applied: bool | None = None
 
