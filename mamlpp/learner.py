@@ -252,7 +252,7 @@ class MetaLearner:
         parallel threads (`task_threads`): each group's gradients of its share of the loss
         (its tasks' sum / B), summed in group order into `.grad`. Returns the meta loss's
         numbers (its loss detached when the tasks were split)."""
-        groups = task_threads.task_groups(batch.num_tasks, self.device)
+        groups = task_threads.task_groups(batch.num_tasks, self.spec.image_size, self.device)
         if len(groups) == 1:
             result = self.meta_loss(batch, epoch)
             result.loss.backward()
@@ -285,7 +285,7 @@ class MetaLearner:
         Batch norm uses the config's `bn.eval_stats`; running statistics are not changed.
         On the CPU, groups of tasks run on parallel threads (`task_threads`)."""
         batch = batch.to(self.device, self.dtype)
-        groups = task_threads.task_groups(batch.num_tasks, self.device)
+        groups = task_threads.task_groups(batch.num_tasks, self.spec.image_size, self.device)
         parts = task_threads.map_on_threads(lambda g: self._evaluate(batch.tasks(g)), groups)
         if len(parts) == 1:
             return parts[0]

@@ -9,7 +9,12 @@ an iteration makes about 19,500 aten calls, most of them small, and during their
 other thread computes meanwhile (torch's ops release the GIL). Measured in
 benchmarks/RESULTS.md (`python benchmarks/ab_switch.py task_threads.ENABLED`).
 
-Only where it was measured: the CPU. On CUDA one stream of large kernels is what is wanted.
+Only where it was measured faster: on the CPU, for images up to MAX_IMAGE_SIDE pixels. On
+CUDA one stream of large kernels is what is wanted. mini-ImageNet keeps one group: glibc gives
+each thread its own malloc arena of 64 MiB heaps and maps any bigger block afresh at every
+allocation (mamlpp.cpu_memory's settings cannot change that), and an 84x84 task's activations
+are such blocks: 0.5-1.8 million page faults per outer iteration. A single arena for all threads
+would avoid them but made the groups slower than one group on Omniglot (0.95-0.98x).
 """
 
 from __future__ import annotations
@@ -22,15 +27,18 @@ import torch
 
 ENABLED = True
 """Switch (benchmarks/ab_switch.py toggles it): False computes every meta-batch as one group."""
+MAX_IMAGE_SIDE = 32
+"""Omniglot's 28x28 images run in groups, mini-ImageNet's 84x84 do not (see above)."""
 
 Result = TypeVar("Result")
 
 
-def task_groups(tasks: int, device: torch.device) -> list[slice]:
+def task_groups(tasks: int, image_side: int, device: torch.device) -> list[slice]:
     """Contiguous, near-equal slices of range(tasks); a single slice where groups do not apply
-    (off the CPU, one intra-op thread, one task, or ENABLED False)."""
+    (off the CPU, images above MAX_IMAGE_SIDE, one intra-op thread, one task, ENABLED False)."""
     threads = torch.get_num_threads()
-    if not ENABLED or device.type != "cpu" or threads < 2 or tasks < 2:
+    small = image_side <= MAX_IMAGE_SIDE
+    if not (ENABLED and small) or device.type != "cpu" or threads < 2 or tasks < 2:
         return [slice(0, tasks)]
     count = min(threads, tasks)
     bounds = [round(i * tasks / count) for i in range(count + 1)]

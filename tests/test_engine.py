@@ -483,8 +483,9 @@ def test_task_groups_on_threads_equal_one_group(tasks: int, monkeypatch: pytest.
 
     c = synthetic_config()
     batches = [random_batch(c, tasks, seed=s) for s in range(2)]
-    groups = task_threads.task_groups(tasks, torch.device("cpu"))
+    groups = task_threads.task_groups(tasks, c.image_size, torch.device("cpu"))
     assert [(g.start, g.stop) for g in groups] == ([(0, 2), (2, 4)] if tasks == 4 else [(0, 2), (2, 5)])
+    assert len(task_threads.task_groups(tasks, 84, torch.device("cpu"))) == 1  # mini-ImageNet
     out = {}
     for enabled in (False, True):
         monkeypatch.setattr(task_threads, "ENABLED", enabled)
