@@ -5,10 +5,11 @@ module of mamlpp), in one process.
     .venv/bin/python benchmarks/ab_switch.py FIRST_STAGE_AS_MATMUL,POOL_BY_GATHER omniglot_5way_1shot_mamlpp 8
     .venv/bin/python benchmarks/ab_switch.py task_threads.ENABLED omniglot_5way_1shot_mamlpp 8
 
-Alternates the switch off/on for ROUNDS rounds; each round times 2 MAML++ train_step calls at
-epoch 0 (after 1 untimed call) on random images of the preset's shape, and prints the median
-and every round's seconds per iteration. Interleaving cancels most of the slow drift of this
-VM's speed; run it on an otherwise idle machine.
+Each of ROUNDS rounds times the switches off, on, on, off; each timing is 2 MAML++ train_step
+calls at epoch 0 (after 1 untimed call) on random images of the preset's shape. Prints the
+medians and every round's seconds per iteration, and the median over rounds of off / on (a
+paired ratio: a drift of this VM's speed within a round cancels). Run it on an otherwise idle
+machine.
 """
 
 from __future__ import annotations
@@ -33,19 +34,31 @@ def main(switch: str, preset: str, rounds: int) -> None:
     config = get_preset(preset).config
     learner = MetaLearner(config, device="cpu")
     batch = random_batch(config, torch.Generator().manual_seed(0))
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(rounds):
-        for value in (False, True):
-            for module, name in switches:
-                setattr(module, name, value)
+    def timed(value: bool) -> float:
+        for module, name in switches:
+            setattr(module, name, value)
+        learner.train_step(batch, 0)
+        start = time.perf_counter()
+        for _ in range(2):
             learner.train_step(batch, 0)
-            start = time.perf_counter()
-            for _ in range(2):
-                learner.train_step(batch, 0)
-            times[value].append((time.perf_counter() - start) / 2)
+        return (time.perf_counter() - start) / 2
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    ratios = []
+    for _ in range(rounds):
+        # off, on, on, off: a drift of the VM's speed within the round cancels in the ratio
+        first_off, first_on, second_on, second_off = (timed(v) for v in (False, True, True, False))
+        off, on = (first_off + second_off) / 2, (first_on + second_on) / 2
+        times[False].append(off)
+        times[True].append(on)
+        ratios.append(off / on)
     for value, seconds in times.items():
-        median = sorted(seconds)[len(seconds) // 2]
-        print(f"{switch}={value!s:5} median {median:.3f} s/iter  rounds {[round(s, 3) for s in seconds]}")
+        print(f"{switch}={value!s:5} median {_median(seconds):.3f} s/iter  rounds {[round(s, 3) for s in seconds]}")
+    print(f"speed-up (off / on within each round): median {_median(ratios):.3f}x, rounds {[round(r, 3) for r in ratios]}")
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def _switch(qualified: str) -> tuple[ModuleType, str]:
