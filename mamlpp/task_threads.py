@@ -1,13 +1,14 @@
-"""Groups of a meta-batch's tasks computed side by side on CPU threads, one intra-op thread each.
+"""A meta-batch's tasks in two groups computed side by side on CPU threads.
 
 Tasks are independent until their meta-gradients are summed (batch norm's statistics are per
-task), so B tasks can run as G groups of B/G tasks, each group still folded into one set of
-grouped convolutions, each on its own Python thread with 1 intra-op thread (G = the intra-op
-thread count, at most B). On the 2-core CPU this beats one group spread over 2 intra-op threads:
-an iteration makes about 19,500 aten calls, most of them small, and during their dispatch
-(Python, autograd bookkeeping, OpenMP fork/join) the second core idles; with two groups the
-other thread computes meanwhile (torch's ops release the GIL). Measured in
-benchmarks/RESULTS.md (`python benchmarks/ab_switch.py task_threads.ENABLED`).
+task), so B tasks can run as 2 groups of B/2 tasks, each group still folded into one set of
+grouped convolutions, each on its own Python thread with half the intra-op threads (1 each on
+the 2-core CPU). There this beats one group spread over 2 intra-op threads: an iteration makes
+about 19,500 aten calls, most of them small, and during their dispatch (Python, autograd
+bookkeeping, OpenMP fork/join) the second core idles; with two groups the other thread
+computes meanwhile (torch's ops release the GIL). Omniglot 5-way 1-shot MAML++: 0.490 -> 0.443
+s per iteration, 1.16x; 20-way: 1.08x (`python benchmarks/ab_switch.py task_threads.ENABLED
+PRESET ROUNDS`, benchmarks/RESULTS.md).
 
 Only where it was measured faster: on the CPU, for images up to MAX_IMAGE_SIDE pixels. On
 CUDA one stream of large kernels is what is wanted. mini-ImageNet keeps one group: glibc gives
@@ -29,6 +30,9 @@ ENABLED = True
 """Switch (benchmarks/ab_switch.py toggles it): False computes every meta-batch as one group."""
 MAX_IMAGE_SIDE = 32
 """Omniglot's 28x28 images run in groups, mini-ImageNet's 84x84 do not (see above)."""
+MAX_GROUPS = 2
+"""Two groups is what was measured (on 2 cores); with more cores each group gets more intra-op
+threads rather than more, smaller groups being formed (unmeasured)."""
 
 Result = TypeVar("Result")
 
@@ -40,7 +44,7 @@ def task_groups(tasks: int, image_side: int, device: torch.device) -> list[slice
     small = image_side <= MAX_IMAGE_SIDE
     if not (ENABLED and small) or device.type != "cpu" or threads < 2 or tasks < 2:
         return [slice(0, tasks)]
-    count = min(threads, tasks)
+    count = min(threads, tasks, MAX_GROUPS)
     bounds = [round(i * tasks / count) for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 
