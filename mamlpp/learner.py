@@ -381,15 +381,6 @@ def _combine_results(parts: list[MetaLossResult], shares: list[float]) -> MetaLo
     def per_step(attr: str) -> list[float | None]:
         return [weighted(step) for step in zip(*(getattr(p, attr) for p in parts), strict=True)]
 
-    stats = [
-        model.BatchNormStats(
-            group[0].layer,
-            group[0].step,
-            sum(s.mean * w for s, w in zip(group, shares, strict=True)),  # type: ignore[misc]
-            sum(s.var * w for s, w in zip(group, shares, strict=True)),  # type: ignore[misc]
-        )
-        for group in zip(*(p.bn_stats for p in parts), strict=True)
-    ]
     first = parts[0]
     return MetaLossResult(
         loss=sum(p.loss.detach() * s for p, s in zip(parts, shares, strict=True)),  # type: ignore[arg-type]
@@ -397,20 +388,30 @@ def _combine_results(parts: list[MetaLossResult], shares: list[float]) -> MetaLo
         step_accuracies=per_step("step_accuracies"),
         msl_weights=first.msl_weights,
         second_order=first.second_order,
-        bn_stats=stats,
+        bn_stats=_average_stats([p.bn_stats for p in parts], shares),
     )
 
 
-def _average_stats(per_task: list[list[model.BatchNormStats]]) -> list[model.BatchNormStats]:
-    """Average the i-th forward pass's statistics over the tasks (as the folded engine does)."""
+def _average_stats(
+    per_part: list[list[model.BatchNormStats]], weights: Sequence[float] | None = None
+) -> list[model.BatchNormStats]:
+    """Average the i-th forward pass's statistics over the parts: tasks (equal weights, as the
+    folded engine does) or task groups (`weights`: their fractions of the tasks)."""
+
+    def average(values: list[Tensor]) -> Tensor:
+        stacked = torch.stack(values)
+        if weights is None:
+            return stacked.mean(0)
+        return (stacked * stacked.new_tensor(weights).view(-1, *[1] * (stacked.dim() - 1))).sum(0)
+
     return [
         model.BatchNormStats(
-            group[0].layer,
-            group[0].step,
-            torch.stack([s.mean for s in group]).mean(0),
-            torch.stack([s.var for s in group]).mean(0),
+            same[0].layer,
+            same[0].step,
+            average([s.mean for s in same]),
+            average([s.var for s in same]),
         )
-        for group in zip(*per_task, strict=True)
+        for same in zip(*per_part, strict=True)
     ]
 
 
