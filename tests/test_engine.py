@@ -486,7 +486,7 @@ def test_task_groups_on_threads_equal_one_group(tasks: int, monkeypatch: pytest.
     groups = task_threads.task_groups(tasks, c.image_size, torch.device("cpu"))
     assert [(g.start, g.stop) for g in groups] == ([(0, 2), (2, 4)] if tasks == 4 else [(0, 2), (2, 5)])
     assert len(task_threads.task_groups(tasks, 84, torch.device("cpu"))) == 1  # mini-ImageNet
-    out = {}
+    out, threads = {}, torch.get_num_threads()
     for enabled in (False, True):
         monkeypatch.setattr(task_threads, "ENABLED", enabled)
         learner = MetaLearner(c, dtype=torch.float64)
@@ -506,4 +506,21 @@ def test_task_groups_on_threads_equal_one_group(tasks: int, monkeypatch: pytest.
         torch.testing.assert_close(split.running[k], v, rtol=0, atol=1e-12)
     for name in ("loss", "accuracy", "probs"):
         torch.testing.assert_close(getattr(split_eval, name), getattr(one_eval, name), rtol=0, atol=1e-12)
-    assert torch.get_num_threads() == 2  # the intra-op threads are given back
+    assert torch.get_num_threads() == threads  # the intra-op threads are given back
+
+
+def test_a_task_group_error_reaches_the_caller_and_threads_are_restored() -> None:
+    from mamlpp import task_threads
+
+    threads = torch.get_num_threads()
+    groups = [slice(0, 2), slice(2, 4)]
+
+    def work(group: slice) -> int:
+        if group.start == 2:
+            raise ValueError("bad task in group 2")
+        return group.start
+
+    with pytest.raises(ValueError, match="bad task in group 2"):
+        task_threads.map_on_threads(work, groups)
+    assert torch.get_num_threads() == threads
+    assert task_threads.map_on_threads(lambda g: g.stop, groups) == [2, 4]  # in the groups' order
