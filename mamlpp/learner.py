@@ -247,12 +247,19 @@ class MetaLearner:
             step_losses=result.step_losses,
         )
 
+    def _activation_bytes(self, batch: TaskBatch) -> int:
+        """Bytes of the largest activation one task of `batch` allocates: the first layer's
+        output before pooling, [images, filters, H, W] for its support or its target set."""
+        images = max(batch.support_x.shape[1], batch.target_x.shape[1])
+        height, width = batch.support_x.shape[-2:]
+        return images * self.spec.filters * height * width * self.dtype.itemsize
+
     def _meta_gradients(self, batch: TaskBatch, epoch: int) -> MetaLossResult:
         """`meta_loss(batch, epoch).loss.backward()`, on the CPU with the tasks in groups on
         parallel threads (`task_threads`): each group's gradients of its share of the loss
         (its tasks' sum / B), summed in group order into `.grad`. Returns the meta loss's
         numbers (its loss detached when the tasks were split)."""
-        groups = task_threads.task_groups(batch.num_tasks, self.spec.image_size, self.device)
+        groups = task_threads.task_groups(batch.num_tasks, self._activation_bytes(batch), self.device)
         if len(groups) == 1:
             result = self.meta_loss(batch, epoch)
             result.loss.backward()
@@ -285,7 +292,7 @@ class MetaLearner:
         Batch norm uses the config's `bn.eval_stats`; running statistics are not changed.
         On the CPU, groups of tasks run on parallel threads (`task_threads`)."""
         batch = batch.to(self.device, self.dtype)
-        groups = task_threads.task_groups(batch.num_tasks, self.spec.image_size, self.device)
+        groups = task_threads.task_groups(batch.num_tasks, self._activation_bytes(batch), self.device)
         parts = task_threads.map_on_threads(lambda g: self._evaluate(batch.tasks(g)), groups)
         if len(parts) == 1:
             return parts[0]

@@ -10,12 +10,14 @@ computes meanwhile (torch's ops release the GIL). Omniglot 5-way 1-shot MAML++: 
 s per iteration, 1.16x; 20-way: 1.08x (`python benchmarks/ab_switch.py task_threads.ENABLED
 PRESET ROUNDS`, benchmarks/RESULTS.md).
 
-Only where it was measured faster: on the CPU, for images up to MAX_IMAGE_SIDE pixels. On
-CUDA one stream of large kernels is what is wanted. mini-ImageNet keeps one group: glibc gives
-each thread its own malloc arena of 64 MiB heaps and maps any bigger block afresh at every
-allocation (mamlpp.cpu_memory's settings cannot change that), and an 84x84 task's activations
-are such blocks: 0.5-1.8 million page faults per outer iteration. A single arena for all threads
-would avoid them but made the groups slower than one group on Omniglot (0.95-0.98x).
+Only where it was measured faster: on the CPU, and only while a group's largest activation fits
+a thread's malloc arena. glibc gives each thread its own arena of 64 MiB heaps and maps any
+bigger block afresh at every allocation (mamlpp.cpu_memory's settings cannot change that): with
+two groups, Omniglot 20-way 5-shot (first-stage output of 4 tasks x 100 images: 80 MB) took
+1.3 million page faults and 6.5-10.5 s per iteration against 6.0-6.4 s as one group, and
+mini-ImageNet's 84x84 tasks 0.5-1.8 million faults per iteration. A single arena for all threads
+would avoid them but made the groups slower than one group on Omniglot (0.95-0.98x). On CUDA one
+stream of large kernels is what is wanted.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import torch
 
 ENABLED = True
 """Switch (benchmarks/ab_switch.py toggles it): False computes every meta-batch as one group."""
-MAX_IMAGE_SIDE = 32
-"""Omniglot's 28x28 images run in groups, mini-ImageNet's 84x84 do not (see above)."""
+ARENA_BLOCK_LIMIT = 48 << 20
+"""Bytes: a group runs on a thread only if its largest activation stays below this, under the
+64 MiB heaps of glibc's thread arenas (see above)."""
 MAX_GROUPS = 2
 """Two groups is what was measured (on 2 cores); with more cores each group gets more intra-op
 threads rather than more, smaller groups being formed (unmeasured)."""
@@ -37,14 +40,16 @@ threads rather than more, smaller groups being formed (unmeasured)."""
 Result = TypeVar("Result")
 
 
-def task_groups(tasks: int, image_side: int, device: torch.device) -> list[slice]:
-    """Contiguous, near-equal slices of range(tasks); a single slice where groups do not apply
-    (off the CPU, images above MAX_IMAGE_SIDE, one intra-op thread, one task, ENABLED False)."""
+def task_groups(tasks: int, activation_bytes_per_task: int, device: torch.device) -> list[slice]:
+    """Contiguous, near-equal slices of range(tasks); a single slice where groups do not apply:
+    off the CPU, one intra-op thread, one task, ENABLED False, or a group's largest activation
+    (its tasks x `activation_bytes_per_task`) above ARENA_BLOCK_LIMIT."""
     threads = torch.get_num_threads()
-    small = image_side <= MAX_IMAGE_SIDE
-    if not (ENABLED and small) or device.type != "cpu" or threads < 2 or tasks < 2:
+    if not ENABLED or device.type != "cpu" or threads < 2 or tasks < 2:
         return [slice(0, tasks)]
     count = min(threads, tasks, MAX_GROUPS)
+    if -(-tasks // count) * activation_bytes_per_task > ARENA_BLOCK_LIMIT:
+        return [slice(0, tasks)]
     bounds = [round(i * tasks / count) for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 

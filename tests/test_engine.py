@@ -483,9 +483,10 @@ def test_task_groups_on_threads_equal_one_group(tasks: int, monkeypatch: pytest.
 
     c = synthetic_config()
     batches = [random_batch(c, tasks, seed=s) for s in range(2)]
-    groups = task_threads.task_groups(tasks, c.image_size, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    groups = task_threads.task_groups(tasks, 1000, cpu)
     assert [(g.start, g.stop) for g in groups] == ([(0, 2), (2, 4)] if tasks == 4 else [(0, 2), (2, 5)])
-    assert len(task_threads.task_groups(tasks, 84, torch.device("cpu"))) == 1  # mini-ImageNet
+    assert len(task_threads.task_groups(tasks, 25 << 20, cpu)) == 1  # 2-3 tasks x 25 MiB > 48 MiB
     out, threads = {}, torch.get_num_threads()
     for enabled in (False, True):
         monkeypatch.setattr(task_threads, "ENABLED", enabled)
@@ -507,6 +508,26 @@ def test_task_groups_on_threads_equal_one_group(tasks: int, monkeypatch: pytest.
     for name in ("loss", "accuracy", "probs"):
         torch.testing.assert_close(getattr(split_eval, name), getattr(one_eval, name), rtol=0, atol=1e-12)
     assert torch.get_num_threads() == threads  # the intra-op threads are given back
+
+
+@pytest.mark.parametrize(
+    ("preset", "groups"),
+    [("omniglot_5way_1shot_mamlpp", 2), ("omniglot_20way_1shot_mamlpp", 2),
+     ("omniglot_20way_5shot_mamlpp", 1), ("miniimagenet_5way_1shot_mamlpp", 1)],
+)  # fmt: skip
+def test_task_groups_only_where_a_group_fits_a_thread_arena(preset: str, groups: int) -> None:
+    """Measured (benchmarks/RESULTS.md): Omniglot 20-way 5-shot (80 MB first-stage output per
+    group of 4 tasks) and mini-ImageNet page-fault in the threads' malloc arenas; they run as one
+    group."""
+    from mamlpp import task_threads
+    from mamlpp.bench import random_batch as paper_shaped_batch
+    from mamlpp.presets import get_preset
+
+    c = get_preset(preset).config
+    learner = MetaLearner(c)
+    batch = paper_shaped_batch(c, torch.Generator().manual_seed(0))
+    found = task_threads.task_groups(batch.num_tasks, learner._activation_bytes(batch), learner.device)
+    assert len(found) == (groups if torch.get_num_threads() >= 2 else 1)
 
 
 def test_a_task_group_error_reaches_the_caller_and_threads_are_restored() -> None:
