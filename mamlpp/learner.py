@@ -247,6 +247,10 @@ class MetaLearner:
             step_losses=result.step_losses,
         )
 
+    def _task_groups(self, batch: TaskBatch) -> list[slice]:
+        """The groups of `batch`'s tasks that run side by side (`task_threads.task_groups`)."""
+        return task_threads.task_groups(batch.num_tasks, self._activation_bytes(batch), self.device)
+
     def _activation_bytes(self, batch: TaskBatch) -> int:
         """Bytes of the largest activation one task of `batch` allocates: the first layer's
         output before pooling, [images, filters, H, W] for its support or its target set."""
@@ -259,7 +263,7 @@ class MetaLearner:
         parallel threads (`task_threads`): each group's gradients of its share of the loss
         (its tasks' sum / B), summed in group order into `.grad`. Returns the meta loss's
         numbers (its loss detached when the tasks were split)."""
-        groups = task_threads.task_groups(batch.num_tasks, self._activation_bytes(batch), self.device)
+        groups = self._task_groups(batch)
         if len(groups) == 1:
             result = self.meta_loss(batch, epoch)
             result.loss.backward()
@@ -292,7 +296,7 @@ class MetaLearner:
         Batch norm uses the config's `bn.eval_stats`; running statistics are not changed.
         On the CPU, groups of tasks run on parallel threads (`task_threads`)."""
         batch = batch.to(self.device, self.dtype)
-        groups = task_threads.task_groups(batch.num_tasks, self._activation_bytes(batch), self.device)
+        groups = self._task_groups(batch)
         parts = task_threads.map_on_threads(lambda g: self._evaluate(batch.tasks(g)), groups)
         if len(parts) == 1:
             return parts[0]

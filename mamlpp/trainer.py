@@ -362,7 +362,12 @@ def holds_another_config(run_dir: RunDirectory, config: Config) -> bool:
     before the code's defaults changed); a run directory without config.json holds none."""
     if not run_dir.config_path.exists():
         return False
-    return bool(run_dir.read_config()["config"] != json.loads(config.to_json()))
+    return _differs(run_dir.read_config(), config)
+
+
+def _differs(stored: dict[str, Any], config: Config) -> bool:
+    """Whether a read config.json (`RunDirectory.read_config`) holds another config."""
+    return bool(stored["config"] != json.loads(config.to_json()))
 
 
 def start_run_directory(
@@ -372,12 +377,13 @@ def start_run_directory(
     return its stored run info (the same command finds and continues its own run)."""
     run_dir.create()
     if run_dir.config_path.exists():
-        if holds_another_config(run_dir, config):
+        stored = run_dir.read_config()
+        if _differs(stored, config):
             raise RunDirectoryError(
                 f"{run_dir.path} holds a run with a different config (the code's defaults "
                 "changed since it started?); delete it or pick another --runs-dir"
             )
-        return dict(run_dir.read_config()["run"])
+        return dict(stored["run"])
     wanted = json.loads(config.to_json())
     run = {**run, "versions": versions(), "git_commit": git_commit(), "started": now_utc(),
            "wandb_id": uuid.uuid4().hex[:12]}  # fmt: skip

@@ -519,14 +519,13 @@ def test_task_groups_only_where_a_group_fits_a_thread_arena(preset: str, groups:
     """Measured (benchmarks/RESULTS.md): Omniglot 20-way 5-shot (80 MB first-stage output per
     group of 4 tasks) and mini-ImageNet page-fault in the threads' malloc arenas; they run as one
     group."""
-    from mamlpp import task_threads
     from mamlpp.bench import random_batch as paper_shaped_batch
     from mamlpp.presets import get_preset
 
     c = get_preset(preset).config
     learner = MetaLearner(c)
     batch = paper_shaped_batch(c, torch.Generator().manual_seed(0))
-    found = task_threads.task_groups(batch.num_tasks, learner._activation_bytes(batch), learner.device)
+    found = learner._task_groups(batch)
     assert len(found) == (groups if torch.get_num_threads() >= 2 else 1)
 
 
