@@ -57,7 +57,7 @@ browser:
 	  else echo "browser: no chromium and no root apt-get; the browser test will skip"; fi; }
 
 lint: setup
-	$(BIN)/ruff check mamlpp analysis experiments tests benchmarks
+	$(BIN)/ruff check mamlpp tests benchmarks
 
 typecheck: setup
 	$(BIN)/mypy mamlpp

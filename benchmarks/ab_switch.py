@@ -1,9 +1,9 @@
-"""Interleaved A/B of boolean engine switches (in `mamlpp.model`, or `module.NAME` for another
-module of mamlpp), in one process.
+"""Interleaved A/B of the engine's speed paths (boolean fields of `mamlpp.kernels.KernelOptions`),
+in one process.
 
-    .venv/bin/python benchmarks/ab_switch.py FOLD_FIRST_BATCH_NORM omniglot_5way_1shot_mamlpp 6
-    .venv/bin/python benchmarks/ab_switch.py FIRST_STAGE_AS_MATMUL,POOL_BY_GATHER omniglot_5way_1shot_mamlpp 8
-    .venv/bin/python benchmarks/ab_switch.py task_threads.ENABLED omniglot_5way_1shot_mamlpp 8
+    .venv/bin/python benchmarks/ab_switch.py fold_first_batch_norm omniglot_5way_1shot_mamlpp 6
+    .venv/bin/python benchmarks/ab_switch.py first_stage_as_matmul,pool_by_gather omniglot_5way_1shot_mamlpp 8
+    .venv/bin/python benchmarks/ab_switch.py task_threads omniglot_5way_1shot_mamlpp 8
 
 Each of ROUNDS rounds times the switches off, on, on, off; each timing is 2 MAML++ train_step
 calls at epoch 0 (after 1 untimed call) on random images of the preset's shape. Prints the
@@ -14,29 +14,35 @@ machine.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
-from types import ModuleType
+from dataclasses import fields
 
 import torch
 
 from mamlpp.bench import random_batch
-from mamlpp.cpu_memory import keep_freed_memory
-from mamlpp.learner import MetaLearner
+from mamlpp.engine.learner import MetaLearner
+from mamlpp.kernels import KernelOptions
+from mamlpp.kernels.cpu_memory import keep_freed_memory
 from mamlpp.presets import get_preset
 
 
 def main(switch: str, preset: str, rounds: int) -> None:
     keep_freed_memory()  # as `mamlpp` does
     # several switches are turned off and on together
-    switches = [_switch(name) for name in switch.split(",")]
+    names = switch.split(",")
+    booleans = [f.name for f in fields(KernelOptions) if isinstance(f.default, bool)]
+    if unknown := [n for n in names if n not in booleans]:
+        raise SystemExit(f"not a speed-path switch: {unknown}; choose from {booleans}")
     config = get_preset(preset).config
-    learner = MetaLearner(config, device="cpu")
+    learners = {
+        value: MetaLearner(config, device="cpu", kernel_options=KernelOptions(**dict.fromkeys(names, value)))
+        for value in (False, True)
+    }
     batch = random_batch(config, torch.Generator().manual_seed(0))
+
     def timed(value: bool) -> float:
-        for module, name in switches:
-            setattr(module, name, value)
+        learner = learners[value]
         learner.train_step(batch, 0)
         start = time.perf_counter()
         for _ in range(2):
@@ -59,15 +65,6 @@ def main(switch: str, preset: str, rounds: int) -> None:
 
 def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
-
-
-def _switch(qualified: str) -> tuple[ModuleType, str]:
-    """NAME -> (mamlpp.model, NAME); module.NAME -> (mamlpp.module, NAME)."""
-    module_name, _, name = qualified.rpartition(".")
-    module = importlib.import_module(f"mamlpp.{module_name or 'model'}")
-    if not isinstance(getattr(module, name, None), bool):
-        raise SystemExit(f"{module.__name__}.{name} is not a boolean switch")
-    return module, name
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def layer_row(dtype: torch.dtype, side: int, cin: int) -> str:
 
 
 def main() -> None:
-    from mamlpp.cpu_memory import keep_freed_memory
+    from mamlpp.kernels.cpu_memory import keep_freed_memory
 
     keep_freed_memory()  # as `mamlpp` does
     for dtype in (torch.float32, torch.bfloat16):

@@ -7,7 +7,7 @@
    at least GFLOP / peak seconds.
 2. max_pool2d_with_indices on the folded engine's activations, contiguous vs channels-last.
 3. Pooling inside a second-order derivative (as the inner loop uses it): F.max_pool2d vs
-   `model._max_pool_by_gather`.
+   `mamlpp.kernels.cpu.max_pool_by_gather`.
 
 Milliseconds are medians of 20 calls after one warm-up; run it on an otherwise idle machine.
 """
@@ -21,9 +21,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mamlpp import model
 from mamlpp.bench import analytic_gflop
-from mamlpp.cpu_memory import keep_freed_memory
+from mamlpp.kernels import cpu
+from mamlpp.kernels.cpu_memory import keep_freed_memory
 from mamlpp.presets import get_preset
 
 
@@ -65,7 +65,7 @@ def pooling_second_order(shape: tuple[int, ...]) -> None:
         (first,) = torch.autograd.grad(((out * probe) ** 2).sum(), scale, create_graph=True)
         first.pow(2).sum().backward()
 
-    pools = {"F.max_pool2d": lambda h: F.max_pool2d(h, 2), "gather": model._max_pool_by_gather}
+    pools = {"F.max_pool2d": lambda h: F.max_pool2d(h, 2), "gather": cpu.max_pool_by_gather}
     ms = {name: median_ms(lambda pool=pool: second(pool)) for name, pool in pools.items()}
     print(f"pooling in a second-order derivative {list(shape)}: "
           + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()))  # fmt: skip

@@ -12,22 +12,22 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-import torch
-
-from mamlpp import model
 from mamlpp.bench import time_engine
+from mamlpp.kernels import KernelOptions
 from mamlpp.presets import get_preset
 
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+LAYOUTS = {"contiguous": False, "channels_last": True}
 
 
 def main() -> None:
     config = get_preset(sys.argv[1] if len(sys.argv) > 1 else "omniglot_5way_1shot_mamlpp").config
     for engine in ("folded", "loop"):
         for kernel in ("fused", "elementwise"):
-            for name, layout in LAYOUTS.items():
-                model.BN_KERNEL, model.MEMORY_FORMAT = kernel, layout  # type: ignore[assignment]
-                seconds = time_engine(replace(config, engine=engine), "cpu", iterations=3, warmup=1)
+            for name, channels_last in LAYOUTS.items():
+                options = KernelOptions(batch_norm=kernel, channels_last=channels_last)  # type: ignore[arg-type]
+                seconds = time_engine(
+                    replace(config, engine=engine), "cpu", iterations=3, warmup=1, kernel_options=options
+                )
                 print(f"{engine:6} bn={kernel:11} layout={name:13} {seconds:.3f} s/iter", flush=True)
 
 

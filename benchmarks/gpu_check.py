@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from mamlpp.bench import SHAPES, BenchRow, analytic_gflop, format_rows, random_batch, time_engine
-from mamlpp.cuda_graph import GraphedTrainStep
-from mamlpp.learner import MetaLearner
+from mamlpp.engine.cuda_graph import GraphedTrainStep
+from mamlpp.engine.learner import MetaLearner
 from mamlpp.presets import get_preset
 
 OUT = Path(os.environ.get("OUT", "."))
@@ -47,7 +47,7 @@ def four_steps(graphed: bool, dtype: torch.dtype, tf32: bool) -> tuple[list[floa
     c = get_preset("omniglot_20way_1shot_mamlpp").config
     gen = torch.Generator().manual_seed(1)
     batches = [random_batch(c, gen) for _ in range(4)]
-    learner = MetaLearner(c, device="cuda", dtype=dtype)
+    learner = MetaLearner(c, device="cuda", dtype=dtype, capturable=graphed)
     step = GraphedTrainStep(learner) if graphed else learner.train_step
     losses = [step(b, 0).loss for b in batches]
     torch.backends.cudnn.allow_tf32 = True

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from mamlpp.batch import TaskBatch
 from mamlpp.bench import random_batch
-from mamlpp.cuda_graph import GraphedTrainStep
-from mamlpp.learner import MetaLearner
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine.cuda_graph import GraphedTrainStep
+from mamlpp.engine.learner import MetaLearner
 from mamlpp.presets import get_preset
 
 OUT = Path(os.environ.get("OUT", "."))
@@ -37,11 +37,7 @@ def gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def capturable_adam_without_graph(c, batches: list[TaskBatch]) -> None:  # type: ignore[no-untyped-def]
-    eager, capturable = MetaLearner(c, "cuda", D), MetaLearner(c, "cuda", D)
-    capturable.optimizer = torch.optim.Adam(
-        list(capturable.meta_parameters().values()), lr=c.outer.lr, betas=c.outer.betas,
-        capturable=True,
-    )  # fmt: skip
+    eager, capturable = MetaLearner(c, "cuda", D), MetaLearner(c, "cuda", D, capturable=True)
     for i, b in enumerate(batches):
         le, lc = eager.train_step(b, 0).loss, capturable.train_step(b, 0).loss
         pg = gap(eager.meta_parameters(), capturable.meta_parameters())
@@ -49,7 +45,7 @@ def capturable_adam_without_graph(c, batches: list[TaskBatch]) -> None:  # type:
 
 
 def eager_gradients_along_graph_trajectory(c, batches: list[TaskBatch]) -> None:  # type: ignore[no-untyped-def]
-    graphed, ref = MetaLearner(c, "cuda", D), MetaLearner(c, "cuda", D)
+    graphed, ref = MetaLearner(c, "cuda", D, capturable=True), MetaLearner(c, "cuda", D)
     step = GraphedTrainStep(graphed)
     for i, b in enumerate(batches):
         with torch.no_grad():

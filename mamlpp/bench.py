@@ -19,10 +19,12 @@ from dataclasses import dataclass, replace
 import click
 import torch
 
-from mamlpp.batch import TaskBatch
 from mamlpp.config import Config
-from mamlpp.learner import MetaLearner
-from mamlpp.model import NetSpec, conv_flops_per_image
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine.learner import MetaLearner
+from mamlpp.engine.model import NetSpec, conv_flops_per_image
+from mamlpp.kernels import DEFAULT as DEFAULT_KERNELS
+from mamlpp.kernels import KernelOptions
 from mamlpp.presets import get_preset
 
 SHAPES = {
@@ -71,13 +73,18 @@ def random_batch(config: Config, generator: torch.Generator) -> TaskBatch:
 
 
 def time_engine(
-    config: Config, device: str, iterations: int, warmup: int, cuda_graph: bool = False
+    config: Config,
+    device: str,
+    iterations: int,
+    warmup: int,
+    cuda_graph: bool = False,
+    kernel_options: KernelOptions = DEFAULT_KERNELS,
 ) -> float:
     """Median seconds per outer iteration at epoch 0 (every MSL step computed)."""
-    learner = MetaLearner(config, device=device)
+    learner = MetaLearner(config, device, kernel_options=kernel_options, capturable=cuda_graph)
     step = learner.train_step
     if cuda_graph:
-        from mamlpp.cuda_graph import GraphedTrainStep
+        from mamlpp.engine.cuda_graph import GraphedTrainStep
 
         step = GraphedTrainStep(learner)
     batch = random_batch(config, torch.Generator().manual_seed(0)).to(device)

@@ -32,7 +32,7 @@ def main() -> None:
       mamlpp presets
       mamlpp train --preset omniglot_5way_1shot_mamlpp --scale smoke --seed 0
     """
-    from mamlpp.cpu_memory import keep_freed_memory
+    from mamlpp.kernels.cpu_memory import keep_freed_memory
 
     keep_freed_memory()  # 1.21x on the CPU (mamlpp/cpu_memory.py, benchmarks/RESULTS.md)
 
@@ -57,11 +57,11 @@ def presets(verbose: bool) -> None:
 
 def _register() -> None:
     """Attach the subcommands owned by other modules."""
-    from analysis.cli import report
+    from mamlpp.analysis.cli import report
     from mamlpp.bench import bench
     from mamlpp.data.cli import data
-    from mamlpp.sweep import sweep
-    from mamlpp.train_cli import test, train
+    from mamlpp.experiments.sweep import sweep
+    from mamlpp.runs.cli import test, train
 
     for command in (train, test, data, sweep, report, bench):
         main.add_command(command)

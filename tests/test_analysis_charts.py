@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.example_runs import EXAMPLE_VAL_ACC, example_rate, write_example_runs
-from analysis.figures import gradient_figures, stability_figure, write_figures
-from analysis.lr_charts import CHART_DIV_ID, lr_chart, write_lr_charts
-from analysis.runs import Run, load_runs
+from mamlpp.analysis.figures import gradient_figures, stability_figure, write_figures
+from mamlpp.analysis.lr_charts import CHART_DIV_ID, lr_chart, write_lr_charts
+from mamlpp.analysis.runs import Run, load_runs
+from tests.support.example_runs import EXAMPLE_VAL_ACC, example_rate, write_example_runs
 
 N_POSITIONS = 10 * 5  # 10 adapted tensors x 5 inner steps
 
@@ -107,7 +107,7 @@ def test_figures_are_written_as_png_and_pdf(runs: list[Run], tmp_path: Path) -> 
 
 
 def test_no_gradient_figure_when_only_one_side_has_metrics(tmp_path: Path) -> None:
-    from analysis.example_runs import write_run
+    from tests.support.example_runs import write_run
 
     write_run(tmp_path, "omniglot_20way_1shot_maml", 0)
     started = write_run(tmp_path, "omniglot_20way_1shot_maml_msl", 0, test_accuracy=None)

@@ -9,8 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from analysis.example_runs import write_example_runs
-from analysis.report import NOTEBOOK
+from mamlpp.analysis.report import NOTEBOOK
+from tests.support.example_runs import write_example_runs
 
 
 def test_seed_variance_notebook_runs_top_to_bottom(

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from analysis.example_runs import example_rate, write_example_runs, write_run
-from analysis.headless import Chromium, find_chromium
-from analysis.lr_charts import CHART_DIV_ID
-from analysis.runs import load_runs
-from analysis.wandb_import import import_wandb
+from mamlpp.analysis.lr_charts import CHART_DIV_ID
+from mamlpp.analysis.runs import load_runs
+from mamlpp.analysis.wandb_import import import_wandb
 from mamlpp.cli import main
+from tests.support.example_runs import example_rate, write_example_runs, write_run
+from tests.support.headless import Chromium, find_chromium
 
 N_POSITIONS = 50
 
@@ -148,7 +148,7 @@ def test_report_page_and_lr_chart_in_headless_chromium(report: Path) -> None:
 
 
 class _FakeWandbRun:
-    """What analysis needs of wandb.apis.public.Run, shaped like mamlpp.trainer's mirror."""
+    """What analysis needs of wandb.apis.public.Run, shaped like mamlpp.runs.trainer's mirror."""
 
     def __init__(self, source: Path) -> None:
         doc = json.loads((source / "config.json").read_text())

@@ -1,4 +1,4 @@
-"""Loading run directories into tidy frames (analysis.runs), on hand-made runs."""
+"""Loading run directories into tidy frames (mamlpp.analysis.runs), on hand-made runs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.example_runs import EXAMPLE_VAL_ACC, example_rate, write_example_runs, write_run
-from analysis.runs import (
+from mamlpp.analysis.runs import (
     RunsError,
     best_epochs,
     grad_frame,
@@ -19,6 +18,7 @@ from analysis.runs import (
     metrics_wide,
     runs_frame,
 )
+from tests.support.example_runs import EXAMPLE_VAL_ACC, example_rate, write_example_runs, write_run
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_a_real_tiny_training_run_is_read_as_the_contract_says(tmp_path: Path) -
     """Contract check against the trainer: two epochs on synthetic data, then the frames."""
     from click.testing import CliRunner
 
-    from analysis.tables import accuracy_table
+    from mamlpp.analysis.tables import accuracy_table
     from mamlpp.cli import main
 
     sets = [

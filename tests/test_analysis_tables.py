@@ -1,4 +1,4 @@
-"""The accuracy tables (analysis.tables): hand-computed means and stds, missing seeds, labels."""
+"""The accuracy tables (mamlpp.analysis.tables): hand-computed means and stds, missing seeds, labels."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.example_runs import write_example_runs, write_run
-from analysis.runs import load_runs
-from analysis.tables import SMOKE_LABEL, accuracy_table, experiment_of, write_tables
+from mamlpp.analysis.runs import load_runs
+from mamlpp.analysis.tables import SMOKE_LABEL, accuracy_table, experiment_of, write_tables
+from tests.support.example_runs import write_example_runs, write_run
 
 COMMAND = "mamlpp report --runs-dir RUNS --out OUT"
 

@@ -12,7 +12,7 @@ import pytest
 
 PROBE = """
 import json, resource, torch
-from mamlpp.cpu_memory import keep_freed_memory
+from mamlpp.kernels.cpu_memory import keep_freed_memory
 applied = keep_freed_memory()
 for _ in range(20):  # warm-up: the heap grows to its working size once
     torch.empty(16 << 20).fill_(1.0)  # 64 MiB: above glibc's largest default mmap threshold

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mamlpp import model, schedules
-from mamlpp.batch import TaskBatch
 from mamlpp.config import Config
-from mamlpp.inner_loop import task_loss
-from mamlpp.learner import MetaLearner
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine import model, schedules
+from mamlpp.engine.inner_loop import task_loss
+from mamlpp.engine.learner import MetaLearner
+from mamlpp.kernels import KernelOptions, cpu
 from mamlpp.presets import synthetic_config
 
 
@@ -348,8 +349,7 @@ def test_fused_and_elementwise_batch_norm_give_the_same_meta_gradients(monkeypat
     batch = random_batch(c, 2)
     out = {}
     for kernel in ("fused", "elementwise"):
-        monkeypatch.setattr(model, "BN_KERNEL", kernel)
-        learner = MetaLearner(c, dtype=torch.float64)
+        learner = MetaLearner(c, dtype=torch.float64, kernel_options=KernelOptions(batch_norm=kernel))
         grads = meta_gradients(learner, batch, 0)
         learner.train_step(batch, 0)
         out[kernel] = (grads, learner.running["bn2.running_var"].clone())
@@ -362,14 +362,13 @@ def test_graphed_step_logic_equals_train_step_without_recording(monkeypatch: pyt
     """The CUDA-graph step's static-input iteration (run unrecorded, on the CPU) must update
     the learner exactly as train_step does; only the recording itself needs a GPU. (On CUDA
     train_step computes the tasks as one group, so the CPU's task threads are off here.)"""
-    from mamlpp import task_threads
-    from mamlpp.cuda_graph import GraphedTrainStep
-
-    monkeypatch.setattr(task_threads, "ENABLED", False)
+    from mamlpp.engine.cuda_graph import GraphedTrainStep
 
     c = synthetic_config()
     batches = [random_batch(c, 4, seed=s) for s in range(3)]
-    eager, static = MetaLearner(c, dtype=torch.float64), MetaLearner(c, dtype=torch.float64)
+    one_group = KernelOptions(task_threads=False)
+    eager = MetaLearner(c, dtype=torch.float64, kernel_options=one_group)
+    static = MetaLearner(c, dtype=torch.float64, kernel_options=one_group)
     step = GraphedTrainStep(static, record=False)
     for epoch, b in enumerate(batches):
         a, s = eager.train_step(b, epoch), step(b, epoch)
@@ -382,7 +381,7 @@ def test_graphed_step_logic_equals_train_step_without_recording(monkeypatch: pyt
 def test_training_step_is_eager_off_cuda_and_graphs_need_a_gpu() -> None:
     """The trainer's entry: on the CPU the eager train_step (config.cuda_graph is ignored);
     asking to record a graph without a CUDA device is a clear error."""
-    from mamlpp.cuda_graph import GraphedTrainStep, training_step
+    from mamlpp.engine.cuda_graph import GraphedTrainStep, training_step
 
     learner = MetaLearner(synthetic_config())
     assert learner.config.cuda_graph
@@ -402,7 +401,7 @@ def test_auto_engine_follows_the_measured_choice() -> None:
 
 @pytest.mark.parametrize(("channels", "height", "width"), [(1, 28, 28), (3, 9, 11)])
 def test_first_stage_matmul_equals_conv_batch_norm_and_max_pool(channels: int, height: int, width: int) -> None:
-    """`_first_stage` (patches prepared once, one matmul, pooling by gather) against conv2d,
+    """`cpu.first_stage_matmul` (patches prepared once, one matmul, pooling by gather) against conv2d,
     batch norm and max_pool2d: values, batch statistics, and first and second derivatives,
     for several input channels and odd image sizes (pooling drops the last row/column)."""
     tasks, n, filters = 3, 4, 5
@@ -417,18 +416,17 @@ def test_first_stage_matmul_equals_conv_batch_norm_and_max_pool(channels: int, h
         "bn0.bias": torch.randn(spec.affine_sets, filters, generator=g, dtype=torch.float64),
     }
     leaves = [weight.requires_grad_(), bias.requires_grad_(), *[v.requires_grad_() for v in shared.values()]]
-    prepared = model.first_layer_input(images, spec)
-    assert isinstance(prepared, model.FirstLayerInput)
+    prepared = cpu.prepare_patch_windows(images, spec)
     probe = torch.randn(n, tasks * filters, height // 2, width // 2, generator=g, dtype=torch.float64)
 
     def reference(stats: list[model.BatchNormStats]) -> torch.Tensor:
-        h = F.conv2d(model._fold_tasks(images), weight.reshape(-1, channels, 3, 3), bias.reshape(-1),
+        h = F.conv2d(model.fold_tasks(images), weight.reshape(-1, channels, 3, 3), bias.reshape(-1),
                      padding=1, groups=tasks)
-        h = model._batch_norm(h, 0, 1, tasks, shared, {}, spec, "batch", stats)
-        return F.max_pool2d(h, 2)
+        h = model.batch_norm(h, 0, 1, tasks, shared, {}, spec, "batch", stats)
+        return model.activate(F.max_pool2d(h, 2), spec)
 
     def ours(stats: list[model.BatchNormStats]) -> torch.Tensor:
-        return model._first_stage(prepared, weight, bias, 1, shared, spec, stats)
+        return cpu.first_stage_matmul(prepared, weight, bias, 1, shared, spec, stats)
 
     results = {}
     for name, stage in (("reference", reference), ("ours", ours)):
@@ -459,7 +457,7 @@ def test_max_pool_by_gather_equals_max_pool2d_ties_included(size: int) -> None:
     values = torch.randint(0, 3, (2, 6, size, size), generator=g).double()
     probe = torch.randn(2, 6, size // 2, size // 2, generator=g, dtype=torch.float64)
     scale = torch.rand(6, 1, 1, generator=g, dtype=torch.float64).add(0.5).requires_grad_()
-    pools = {"ours": model._max_pool_by_gather, "torch": lambda h: F.max_pool2d(h, 2)}
+    pools = {"ours": cpu.max_pool_by_gather, "torch": lambda h: F.max_pool2d(h, 2)}
     results = {}
     for name, pool in pools.items():
         x = values.clone().requires_grad_()
@@ -479,7 +477,7 @@ def test_task_groups_on_threads_equal_one_group(tasks: int, monkeypatch: pytest.
     (task_threads, the CPU default) equal the one-group computation: parameters after Adam,
     loss, per-step metrics, gradient statistics, running statistics, per-task evaluation.
     5 tasks make unequal groups (2 + 3), so each group's share must weight its numbers."""
-    from mamlpp import task_threads
+    from mamlpp.kernels import task_threads
 
     c = synthetic_config()
     batches = [random_batch(c, tasks, seed=s) for s in range(2)]
@@ -489,8 +487,7 @@ def test_task_groups_on_threads_equal_one_group(tasks: int, monkeypatch: pytest.
     assert len(task_threads.task_groups(tasks, 25 << 20, cpu)) == 1  # 2-3 tasks x 25 MiB > 48 MiB
     out, threads = {}, torch.get_num_threads()
     for enabled in (False, True):
-        monkeypatch.setattr(task_threads, "ENABLED", enabled)
-        learner = MetaLearner(c, dtype=torch.float64)
+        learner = MetaLearner(c, dtype=torch.float64, kernel_options=KernelOptions(task_threads=enabled))
         steps = [learner.train_step(b, epoch) for epoch, b in enumerate(batches)]
         out[enabled] = (learner, steps, learner.evaluate(batches[0]))
     (one, one_steps, one_eval), (split, split_steps, split_eval) = out[False], out[True]
@@ -530,7 +527,7 @@ def test_task_groups_only_where_a_group_fits_a_thread_arena(preset: str, groups:
 
 
 def test_a_task_group_error_reaches_the_caller_and_threads_are_restored() -> None:
-    from mamlpp import task_threads
+    from mamlpp.kernels import task_threads
 
     threads = torch.get_num_threads()
     groups = [slice(0, 2), slice(2, 4)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mamlpp.data import make_episodes
-from mamlpp.learner import MetaLearner
+from mamlpp.engine.learner import MetaLearner
 from mamlpp.presets import synthetic_config
 
 

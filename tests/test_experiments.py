@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from experiments import EXPERIMENTS, PAPER_SEEDS, GridPoint, get_experiment
 from mamlpp.errors import MamlppError
+from mamlpp.experiments import EXPERIMENTS, PAPER_SEEDS, GridPoint, get_experiment
 from mamlpp.presets import PRESETS, get_preset
 
 EXPECTED_ROWS = {
@@ -69,7 +69,7 @@ def test_rows_have_the_switches_their_names_claim() -> None:
 @pytest.mark.parametrize("name", list(EXPECTED_ROWS))
 def test_docstring_gives_each_rows_paper_value_and_the_command(name: str) -> None:
     e = EXPERIMENTS[name]
-    module = __import__(f"experiments.{e.module}", fromlist=["EXPERIMENT"])
+    module = __import__(f"mamlpp.experiments.{e.module}", fromlist=["EXPERIMENT"])
     doc = module.__doc__ or ""
     assert f"make {name}" in doc and "smoke" in doc and "paper" in doc
     for preset in e.presets:
@@ -101,7 +101,7 @@ def test_experiment_lookup_by_name_or_module_and_clear_errors() -> None:
 
 
 def test_cost_projection_formula_and_closest_measured_preset() -> None:
-    from experiments.cost import Measurement, closest, run_seconds
+    from mamlpp.experiments.cost import Measurement, closest, run_seconds
 
     m = Measurement("omniglot_20way_1shot_mamlpp", s_iter=0.1, s_val_task=0.01, device="x")
     # 150 epochs x (500 x 0.1 s + 600 val tasks x 0.01 s) + top-5 x 600 test tasks x 0.01 s

@@ -1,7 +1,7 @@
 """`mamlpp sweep run` against a fake `mamlpp train`, and the exported W&B grid sweep.
 
 The fake trainer (a tiny script named by $MAMLPP_SWEEP_TRAIN_COMMAND) parses the same arguments
-as `mamlpp train`, names its run directory with `mamlpp.trainer.run_name`, records every call and
+as `mamlpp train`, names its run directory with `mamlpp.runs.resolve.run_name`, records every call and
 writes `test.json`, so these tests check the runner's logic without training anything.
 """
 
@@ -19,9 +19,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from experiments import EXPERIMENTS
 from mamlpp.cli import main
-from mamlpp.sweep import (
+from mamlpp.experiments import EXPERIMENTS
+from mamlpp.experiments.sweep import (
     TRAIN_COMMAND_ENV,
     build_sweep,
     is_finished,
@@ -30,12 +30,12 @@ from mamlpp.sweep import (
     train_command_prefix,
     wandb_sweep_definition,
 )
-from mamlpp.trainer import run_name
+from mamlpp.runs.resolve import run_name
 
 FAKE_TRAIN = """
 import argparse, json, os, sys
 from pathlib import Path
-from mamlpp.trainer import run_name
+from mamlpp.runs.resolve import run_name
 p = argparse.ArgumentParser()
 p.add_argument("--preset"); p.add_argument("--seed", type=int); p.add_argument("--scale")
 p.add_argument("--runs-dir"); p.add_argument("--set", action="append", default=[])
@@ -105,7 +105,7 @@ def test_runs_only_missing_runs_then_nothing(fake_train: Path, tmp_path: Path) -
 def test_a_run_of_another_config_is_not_counted_as_finished(fake_train: Path, tmp_path: Path) -> None:
     """A finished run trained before the code's defaults changed (here: the smoke scale had 10
     epochs) stops the sweep with a one-line error naming it, instead of entering its tables."""
-    from mamlpp.trainer import resolve_config
+    from mamlpp.runs.resolve import resolve_config
 
     runs = tmp_path / "runs"
     old = runs / run_name(ROWS[0], {}, 0, "smoke")

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from mamlpp.errors import MamlppError
-from mamlpp.tracking import (
+from mamlpp.runs.checkpoints import TopK
+from mamlpp.runs.resolve import run_name
+from mamlpp.runs.tracking import (
     RunDirectory,
     RunDirectoryError,
     atomic_torch_save,
     read_jsonl,
     resolve_wandb_mode,
 )
-from mamlpp.trainer import TopK, run_name
 
 
 def test_run_name_follows_the_contract() -> None:

@@ -13,11 +13,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mamlpp import ensemble, schedules, trainer
 from mamlpp.cli import main
 from mamlpp.config import Config
-from mamlpp.tracking import RunDirectory, RunDirectoryError
-from mamlpp.trainer import NonFiniteLossError, RunOptions, resolve_config, start_run_directory
+from mamlpp.engine import schedules
+from mamlpp.runs import ensemble, trainer
+from mamlpp.runs.resolve import resolve_config, start_run_directory
+from mamlpp.runs.tracking import RunDirectory, RunDirectoryError
+from mamlpp.runs.trainer import NonFiniteLossError, RunOptions
 
 PRESET = "omniglot_5way_1shot_mamlpp"
 TINY = [
@@ -102,7 +104,7 @@ def test_omniglot_run_directory_wandb_and_ensemble(
 
 
 def _check_metrics(run: RunDirectory, config: Config) -> None:
-    from mamlpp.learner import MetaLearner
+    from mamlpp.engine.learner import MetaLearner
 
     learner = MetaLearner(config)
     learner.load_state_dict(torch.load(run.latest_path)["learner"])
@@ -153,7 +155,7 @@ def _check_wandb(run: RunDirectory) -> None:
 def test_nan_loss_stops_with_epoch_and_iteration_and_keeps_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mamlpp.learner import MetaLearner
+    from mamlpp.engine.learner import MetaLearner
 
     calls = {"n": 0}
     original = MetaLearner.train_step

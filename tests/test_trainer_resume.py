@@ -18,9 +18,12 @@ from typing import Any
 import pytest
 import torch
 
-from mamlpp import cuda_graph, task_threads, trainer
-from mamlpp.tracking import RunDirectory, read_jsonl
-from mamlpp.trainer import RunOptions, resolve_config, start_run_directory
+from mamlpp.engine import cuda_graph
+from mamlpp.kernels import KernelOptions
+from mamlpp.runs import trainer
+from mamlpp.runs.resolve import resolve_config, start_run_directory
+from mamlpp.runs.tracking import RunDirectory, read_jsonl
+from mamlpp.runs.trainer import RunOptions
 
 OVERRIDES = [
     "data.dataset=synthetic",
@@ -111,7 +114,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the CUDA-graph step's logic
 
-OPTIONS = RunOptions(wandb="off", progress=False, log=lambda _: None)
+# the graphed step computes the tasks as one group (as on CUDA): so does the eager reference
+OPTIONS = RunOptions(
+    wandb="off", progress=False, log=lambda _: None, kernel_options=KernelOptions(task_threads=False)
+)
 
 
 def _train(path: Path, interrupt_after: int | None, monkeypatch: pytest.MonkeyPatch) -> RunDirectory:
@@ -138,8 +144,6 @@ def _train(path: Path, interrupt_after: int | None, monkeypatch: pytest.MonkeyPa
 def test_graph_step_logic_trains_like_eager_and_resumes_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the graphed step computes the tasks as one group (as on CUDA): so does the eager reference
-    monkeypatch.setattr(task_threads, "ENABLED", False)
     eager = _train(tmp_path / "eager", None, monkeypatch)
     made: list[cuda_graph.GraphedTrainStep] = []
 

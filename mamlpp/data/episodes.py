@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mamlpp.batch import TaskBatch
+from mamlpp.data.batch import TaskBatch
 from mamlpp.data.cache import SplitImages
 from mamlpp.errors import DataError
 

@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.runs import Run, _param_order, grad_frame, iterations_frame  # noqa: E402
-from analysis.tables import scale_note  # noqa: E402
+from mamlpp.analysis.runs import Run, _param_order, grad_frame, iterations_frame  # noqa: E402
+from mamlpp.analysis.tables import scale_note  # noqa: E402
 
 STABILITY_COLOURS = {"stability_maml": "tab:red", "stability_mamlpp": "tab:blue"}
 LINESTYLES = ["-", "--", ":", "-."]

@@ -1,15 +1,17 @@
 """One outer iteration replayed as a CUDA graph (GPU only, folded engine).
 
-On a GPU an outer iteration of the folded engine is thousands of small kernels, and the card
-waits on their launches (DESIGN.md section 5). A CUDA graph records the whole iteration once
-(inner loop, second-order backward, clipping, Adam, running-stat updates) and replays it with
-one launch. What changes between iterations lives in static tensors that are refilled before
-each replay: the meta-batch, the MSL weights and the meta learning rate. One graph is recorded
-per (steps whose target loss is computed, derivative order): two or three over a run.
+On a GPU an outer iteration of the folded engine is thousands of small kernels and the card
+waits on their launches (benchmarks/RESULTS.md#gpu). A CUDA graph records the learner's public
+`outer_step` once (inner loop, second-order backward, clipping, Adam, running-stat updates) and
+replays it with one launch. What changes between iterations lives in static tensors refilled
+before each replay: the meta-batch, the MSL weights and the meta learning rate. One graph is
+recorded per (steps whose target loss is computed, derivative order): two or three over a run.
 
-Only the numbers this module reads back differ in form from `MetaLearner.train_step`: they come
-back in one transfer per iteration, and the per-step target losses are not read back.
-`training_step(learner)` picks this or the eager `train_step`: the trainer's single entry.
+The graph wraps the learner's own optimizer: the learner builds it capturable (`applies` tells
+the trainer when), and the step points its learning rate at a device tensor. Only the numbers
+read back differ in form from `MetaLearner.train_step`: one transfer per iteration, and the
+per-step target losses are not read back. `training_step(learner)` picks this or the eager
+`train_step`: the trainer's single entry.
 """
 
 from __future__ import annotations
@@ -19,19 +21,25 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mamlpp import schedules
-from mamlpp.batch import TaskBatch
-from mamlpp.learner import GRAD_STATS, MetaLearner, StepResult, clip_gradients, gradient_rows
+from mamlpp.config import Config
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine.learner import GRAD_STATS, MetaLearner, StepPlan, StepResult, choose_engine
 
 GraphKey = tuple[frozenset[int], bool]
 TrainStep = Callable[[TaskBatch, int], StepResult]
 
 
+def applies(config: Config, device: str | torch.device) -> bool:
+    """Whether training `config` on `device` replays CUDA graphs: a CUDA device, the folded
+    engine and `config.cuda_graph`. Build the learner with `capturable=applies(...)`."""
+    on_cuda = torch.device(device).type == "cuda"
+    return on_cuda and choose_engine(config) == "folded" and config.cuda_graph
+
+
 def training_step(learner: MetaLearner) -> TrainStep:
-    """The outer update the trainer calls: the CUDA-graph replay where it applies (CUDA device,
-    folded engine, `config.cuda_graph`), else the eager `learner.train_step`. Build it after
-    restoring a checkpoint into the learner: it takes over the optimizer's state."""
-    if learner.device.type == "cuda" and learner.engine == "folded" and learner.config.cuda_graph:
+    """The outer update the trainer calls: the CUDA-graph replay where it `applies`, else the
+    eager `learner.train_step`. Build it after restoring a checkpoint into the learner."""
+    if applies(learner.config, learner.device):
         return GraphedTrainStep(learner)
     return learner.train_step
 
@@ -44,30 +52,26 @@ class GraphedTrainStep:
         device): how the tests check this module's logic against `train_step` on the CPU."""
         if learner.engine != "folded" or (record and learner.device.type != "cuda"):
             raise ValueError("CUDA graphs need the folded engine on a CUDA device")
+        if record and not learner.optimizer.defaults.get("capturable"):
+            raise ValueError("build the learner with capturable=True to record its outer step")
         self.record = record
         self.learner = learner
         c = learner.config
-        self.names = list(learner.meta_parameters())
         self.lr = torch.tensor(c.outer.lr, device=learner.device, dtype=learner.dtype)
-        state = learner.optimizer.state_dict()
-        learner.optimizer = torch.optim.Adam(
-            list(learner.meta_parameters().values()), lr=self.lr, betas=c.outer.betas,
-            capturable=record,
-        )  # fmt: skip
-        self._create_optimizer_state()
-        if state["state"]:
-            learner.optimizer.load_state_dict(state)
-            learner.optimizer.param_groups[0]["lr"] = self.lr
+        for group in learner.optimizer.param_groups:
+            group["lr"] = self.lr  # the replay reads the learning rate from this tensor
+        if not learner.optimizer.state:
+            self._create_optimizer_state()
         self.weights = torch.zeros(c.inner.steps, device=learner.device, dtype=learner.dtype)
         self.static: TaskBatch | None = None
         self.graphs: dict[GraphKey, tuple[torch.cuda.CUDAGraph | _Unrecorded, Tensor]] = {}
+        self.names: list[str] = []
 
     def __call__(self, batch: TaskBatch, epoch: int) -> StepResult:
         learner = self.learner
-        weights = learner.msl_weights(epoch)
-        second_order = schedules.use_second_order(learner.config, epoch)
-        key: GraphKey = (frozenset(i for i, w in enumerate(weights) if w > 0), second_order)
-        self._load_inputs(batch.to(learner.device, learner.dtype), weights, epoch)
+        plan = learner.plan(epoch)
+        key: GraphKey = (plan.target_steps, plan.second_order)
+        self._load_inputs(batch.to(learner.device, learner.dtype), plan, epoch)
         if key not in self.graphs:
             self.graphs[key] = self._record(key)
         graph, output = self.graphs[key]
@@ -77,23 +81,23 @@ class GraphedTrainStep:
         return StepResult(
             loss=values[0],
             accuracy=values[1],
-            msl_weights=weights,
-            second_order=second_order,
+            msl_weights=list(plan.weights),  # type: ignore[arg-type]
+            second_order=plan.second_order,
             grad_stats={
                 name: dict(zip(GRAD_STATS, stats[4 * i : 4 * i + 4], strict=True))
                 for i, name in enumerate(self.names)
             },
-            step_losses=[None] * len(weights),
+            step_losses=[None] * len(plan.weights),
         )
 
     # ------------------------------------------------------------------ internals
-    def _load_inputs(self, batch: TaskBatch, weights: list[float], epoch: int) -> None:
+    def _load_inputs(self, batch: TaskBatch, plan: StepPlan, epoch: int) -> None:
         if self.static is None:
             self.static = TaskBatch(*(t.clone() for t in batch))
         else:
             for static, new in zip(self.static, batch, strict=True):
                 static.copy_(new)
-        self.weights.copy_(torch.tensor(weights, dtype=self.weights.dtype))
+        self.weights.copy_(torch.tensor(list(plan.weights), dtype=self.weights.dtype))
         self.lr.fill_(self.learner.meta_lr(epoch))
 
     def _create_optimizer_state(self) -> None:
@@ -135,23 +139,15 @@ class GraphedTrainStep:
         return graph, output
 
     def _iteration(self, key: GraphKey) -> Tensor:
-        """One outer update on the static inputs, returning [loss, acc, grad stats...]."""
-        learner, (target_steps, second_order) = self.learner, key
+        """`learner.outer_step` on the static inputs, returning [loss, acc, grad stats...]."""
+        target_steps, second_order = key
         assert self.static is not None
-        learner.optimizer.zero_grad(set_to_none=True)
-        per_task, results, bn_stats = learner._run_folded(
-            self.static, list(self.weights.unbind(0)), second_order, set(target_steps)
-        )
-        loss = per_task.mean()
-        loss.backward()
-        meta = learner.meta_parameters()
-        clip_gradients(meta, learner.config.outer.grad_clip)
-        rows = gradient_rows(meta, self.names)
-        learner.optimizer.step()
-        learner._update_running_stats(bn_stats)
-        accuracy = results[0].target_accuracies[-1]
+        plan = StepPlan(list(self.weights.unbind(0)), second_order, target_steps)
+        result, rows = self.learner.outer_step(self.static, plan)
+        self.names = self.learner.gradient_names()
+        accuracy = result.step_accuracy_values[-1]
         assert accuracy is not None
-        head = torch.stack([loss.detach(), accuracy.mean()])
+        head = torch.stack([result.loss.detach(), accuracy.to(result.loss.dtype)])
         return torch.cat([head, rows.flatten()])
 
 

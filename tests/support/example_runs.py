@@ -1,7 +1,7 @@
 """Hand-made run directories in the contract's format (docs/run-directory.md), no training.
 
 For the tests, the notebook's self-check and for trying ``mamlpp report`` on a fresh checkout:
-``python -m analysis.example_runs runs/example`` then
+``python -m tests.support.example_runs runs/example`` then
 ``mamlpp report --runs-dir runs/example --out reports/example``. Every value is a simple
 function of (seed, epoch, position) so that tests can compute expected results by hand.
 """
@@ -170,5 +170,5 @@ def write_example_runs(root: str | Path, scale: str = "smoke") -> list[Path]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m analysis.example_runs RUNS_DIR")
+        sys.exit("usage: python -m tests.support.example_runs RUNS_DIR")
     print(f"wrote {len(write_example_runs(sys.argv[1]))} example runs under {sys.argv[1]}")

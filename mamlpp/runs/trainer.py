@@ -1,47 +1,37 @@
 """Training runs: epochs of outer updates, validation, top-k checkpoints, exact resume, the
 ensemble test.
 
-One run = one resolved ``Config`` (preset -> scale -> overrides -> seed) in one run directory
-named by ``run_name``. Training meta-batch t is ``train.batch(range(t*B, (t+1)*B))`` and the
+One run = one resolved ``Config`` in one run directory (`mamlpp.runs.resolve`). Training
+meta-batch t is ``train.batch(range(t*B, (t+1)*B))`` and the
 learner has no randomness besides its seeded initialisation, so resuming from ``latest.pt``
 (learner state incl. Adam and BN running stats, epoch, top-k bookkeeping) continues exactly where
-an uninterrupted run would be. The test protocol (DESIGN.md section 4): the top-k checkpoints by
-validation accuracy each adapt to every test task; their class probabilities are averaged (mean
-of probabilities, not of logits) and the ensemble is scored.
+an uninterrupted run would be (`mamlpp.runs.checkpoints`). The test: the top-k checkpoints by
+validation accuracy each adapt to every test task and vote as an ensemble (`mamlpp.runs.ensemble`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import re
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
-from mamlpp.batch import TaskBatch
-from mamlpp.config import Config, ConfigError, apply_overrides, apply_scale, overrides_dict
+from mamlpp.config import Config
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine import cuda_graph
+from mamlpp.engine.learner import MetaLearner
 from mamlpp.errors import MamlppError
-from mamlpp.presets import get_preset
-from mamlpp.tracking import (
-    RunDirectory,
-    RunDirectoryError,
-    WandbMirror,
-    WandbMode,
-    atomic_torch_save,
-    git_commit,
-    now_utc,
-    versions,
-)
-
-CHECKPOINT_FORMAT = 1
+from mamlpp.kernels import DEFAULT as DEFAULT_KERNELS
+from mamlpp.kernels import KernelOptions
+from mamlpp.runs import ensemble
+from mamlpp.runs.checkpoints import TopK, finish_epoch, load_checkpoint, restore
+from mamlpp.runs.resolve import check_schedule, train_seed
+from mamlpp.runs.tracking import RunDirectory, RunDirectoryError, WandbMirror, WandbMode
 
 
 class NonFiniteLossError(MamlppError):
@@ -54,102 +44,6 @@ class Sampler(Protocol):
 
 EpisodeFactory = Callable[..., Sampler]
 """``make_episodes(config, split, data_root=None, seed=None) -> Sampler``."""
-
-
-# ---------------------------------------------------------------------- naming and config
-
-
-def run_name(
-    preset: str, overrides: Mapping[str, Any] | Sequence[str], seed: int, scale: str
-) -> str:
-    """``<preset>__<overrides slug or 'default'>__seed<S>__<scale>`` (docs/run-directory.md).
-
-    The slug is the sorted ``key=value`` pairs (values in JSON spelling, the last of repeated
-    keys wins), joined by ',', characters outside ``[A-Za-z0-9._=,-]`` replaced by '-'; past 80
-    characters it is its first 60 plus an 8-hex-digit hash of the whole."""
-    pairs = overrides_dict(list(overrides)) if not isinstance(overrides, Mapping) else overrides
-    text = ",".join(f"{k}={_spell(v)}" for k, v in sorted(pairs.items()))
-    slug = re.sub(r"[^A-Za-z0-9._=,-]", "-", text) or "default"
-    if len(slug) > 80:
-        slug = slug[:60] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-    return f"{preset}__{slug}__seed{seed}__{scale}"
-
-
-def _spell(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def resolve_config(preset: str, overrides: Sequence[str], seed: int, scale: str) -> Config:
-    """preset -> scale -> ``--set`` overrides -> seed."""
-    config = apply_scale(get_preset(preset).config, scale)
-    config = apply_overrides(config, list(overrides))
-    return check_schedule(replace(config, seed=seed))
-
-
-def check_schedule(config: Config) -> Config:
-    """The counts a run needs at least one of; ConfigError naming the key otherwise."""
-    s = config.schedule
-    counts = {
-        "schedule.epochs": s.epochs,
-        "schedule.iterations_per_epoch": s.iterations_per_epoch,
-        "schedule.val_tasks": s.val_tasks,
-        "schedule.test_tasks": s.test_tasks,
-        "schedule.ensemble_top_k": s.ensemble_top_k,
-        "outer.meta_batch_size": config.outer.meta_batch_size,
-    }
-    for key, value in counts.items():
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be at least 1")
-    if s.eval_batch_size < 0:
-        raise ConfigError(
-            f"schedule.eval_batch_size={s.eval_batch_size} must be 0 (= meta-batch) or more"
-        )
-    return config
-
-
-def resolve_device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise MamlppError(
-            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
-        )
-    if choice not in ("cpu", "cuda"):
-        raise MamlppError(f"--device {choice!r} is not a valid choice; choose auto, cpu or cuda")
-    return choice
-
-
-def train_seed(config: Config) -> int:
-    return config.seed if config.data.train_seed is None else config.data.train_seed
-
-
-# ---------------------------------------------------------------------- top-k bookkeeping
-
-
-@dataclass
-class TopK:
-    """The k best epochs by validation accuracy (ties: the earlier epoch ranks higher)."""
-
-    k: int
-    entries: list[tuple[float, int]] = field(default_factory=list)
-    """(val accuracy, epoch), best first."""
-
-    def offer(self, epoch: int, accuracy: float) -> tuple[bool, list[int]]:
-        """Add an epoch; returns (whether it is kept, the epochs it pushed out)."""
-        ranked = sorted([*self.entries, (accuracy, epoch)], key=lambda e: (-e[0], e[1]))
-        self.entries, dropped = ranked[: self.k], ranked[self.k :]
-        return (accuracy, epoch) in self.entries, [e for _, e in dropped]
-
-    @property
-    def epochs(self) -> list[int]:
-        return sorted(e for _, e in self.entries)
-
-    def state(self) -> list[list[float]]:
-        return [[a, e] for a, e in self.entries]
-
-    @classmethod
-    def from_state(cls, k: int, state: list[list[float]]) -> TopK:
-        return cls(k, [(float(a), int(e)) for a, e in state])
 
 
 # ---------------------------------------------------------------------- one epoch
@@ -213,7 +107,7 @@ def evaluation_chunks(config: Config, num_tasks: int) -> list[range]:
     return [range(s, min(s + size, num_tasks)) for s in range(0, num_tasks, size)]
 
 
-def validate(learner: Any, sampler: Sampler, config: Config) -> tuple[float, float]:
+def validate(learner: MetaLearner, sampler: Sampler, config: Config) -> tuple[float, float]:
     """Mean target loss and accuracy over the same `val_tasks` tasks every epoch."""
     losses, accs = [], []
     for chunk in evaluation_chunks(config, config.schedule.val_tasks):
@@ -224,7 +118,7 @@ def validate(learner: Any, sampler: Sampler, config: Config) -> tuple[float, flo
 
 
 def epoch_row(
-    epoch: int, learner: Any, means: EpochMeans, val: tuple[float, float], seconds: float,
+    epoch: int, learner: MetaLearner, means: EpochMeans, val: tuple[float, float], seconds: float,
     train_seconds: float, iterations: int,
 ) -> dict[str, Any]:  # fmt: skip
     """The flat per-epoch dict: metrics.jsonl line == wandb.log payload. ``time/epoch_s`` is
@@ -272,72 +166,6 @@ def remaining_line(epoch_seconds: list[float], epochs_left: int) -> str:
     minutes = sum(epoch_seconds) / len(epoch_seconds) * epochs_left / 60
     return f"  ~{minutes:.1f} min of training left"
 
-
-# ---------------------------------------------------------------------- checkpoints and resume
-
-
-def save_latest(run_dir: RunDirectory, learner: Any, epoch: int, top_k: TopK) -> None:
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "top_k": top_k.state(),
-        "learner": learner.state_dict(),
-    }
-    atomic_torch_save(state, run_dir.latest_path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise RunDirectoryError(
-            f"cannot read checkpoint {path} ({e}); delete it to start over"
-        ) from None
-
-
-def load_learner_state(learner: Any, state: dict[str, Any], path: Path) -> None:
-    try:
-        learner.load_state_dict(state)
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise RunDirectoryError(
-            f"checkpoint {path} does not fit this run's config ({e}); use another --runs-dir"
-        ) from None
-
-
-def restore(run_dir: RunDirectory, learner: Any, config: Config) -> tuple[int, TopK]:
-    """Load latest.pt when there is one; returns (next epoch, top-k). Log lines and checkpoint
-    files of epochs after the last completed one (the epoch in flight when killed) are dropped."""
-    top_k, next_epoch = TopK(config.schedule.ensemble_top_k), 0
-    if run_dir.latest_path.exists():
-        state = load_checkpoint(run_dir.latest_path)
-        load_learner_state(learner, state["learner"], run_dir.latest_path)
-        top_k = TopK.from_state(config.schedule.ensemble_top_k, state["top_k"])
-        next_epoch = int(state["epoch"]) + 1
-    run_dir.truncate_logs(next_epoch - 1)
-    for path in run_dir.checkpoints.glob("epoch_*.pt*"):
-        if path.suffix == ".tmp" or int(path.stem.split("_")[1]) not in top_k.epochs:
-            path.unlink()
-    return next_epoch, top_k
-
-
-def finish_epoch(
-    run_dir: RunDirectory, learner: Any, row: dict[str, Any], iterations: list[dict[str, Any]],
-    top_k: TopK,
-) -> bool:  # fmt: skip
-    """Write the epoch in crash-safe order: logs, top-k checkpoint, metrics line, latest.pt, then
-    delete evicted checkpoints. A kill between any two steps resumes to an identical run."""
-    epoch = int(row["epoch"])
-    run_dir.append_iterations(iterations)
-    kept, evicted = top_k.offer(epoch, float(row["val/acc"]))
-    if kept:
-        atomic_torch_save(learner.state_dict(), run_dir.epoch_checkpoint(epoch))
-    run_dir.append_metrics(row)
-    save_latest(run_dir, learner, epoch, top_k)
-    for old in evicted:
-        run_dir.epoch_checkpoint(old).unlink(missing_ok=True)
-    return kept
-
-
 # ---------------------------------------------------------------------- the run
 
 
@@ -347,6 +175,8 @@ class RunOptions:
     device: str = "cpu"
     wandb: WandbMode = "offline"
     progress: bool = True
+    kernel_options: KernelOptions = DEFAULT_KERNELS
+    """Which speed paths the learner may use (all; fewer for A/B benchmarks and tests)."""
     log: Callable[[str], None] = tqdm.write
     """Where the one-line epoch summaries and notes go."""
 
@@ -355,41 +185,6 @@ def default_episodes() -> EpisodeFactory:
     from mamlpp.data import make_episodes
 
     return make_episodes
-
-
-def holds_another_config(run_dir: RunDirectory, config: Config) -> bool:
-    """Whether `run_dir` holds a run started with a config other than `config` (a run started
-    before the code's defaults changed); a run directory without config.json holds none."""
-    if not run_dir.config_path.exists():
-        return False
-    return _differs(run_dir.read_config(), config)
-
-
-def _differs(stored: dict[str, Any], config: Config) -> bool:
-    """Whether a read config.json (`RunDirectory.read_config`) holds another config."""
-    return bool(stored["config"] != json.loads(config.to_json()))
-
-
-def start_run_directory(
-    run_dir: RunDirectory, config: Config, run: dict[str, Any]
-) -> dict[str, Any]:
-    """Write config.json for a new run; for an existing one check it holds this very config and
-    return its stored run info (the same command finds and continues its own run)."""
-    run_dir.create()
-    if run_dir.config_path.exists():
-        stored = run_dir.read_config()
-        if _differs(stored, config):
-            raise RunDirectoryError(
-                f"{run_dir.path} holds a run with a different config (the code's defaults "
-                "changed since it started?); delete it or pick another --runs-dir"
-            )
-        return dict(stored["run"])
-    wanted = json.loads(config.to_json())
-    run = {**run, "versions": versions(), "git_commit": git_commit(), "started": now_utc(),
-           "wandb_id": uuid.uuid4().hex[:12]}  # fmt: skip
-    run_dir.write_config(wanted, run)
-    return run
-
 
 def open_mirror(
     run_dir: RunDirectory, config: Config, run: Mapping[str, Any], mode: WandbMode
@@ -403,7 +198,7 @@ def open_mirror(
 
 
 def run_epoch(
-    learner: Any, train_step: Any, train: Sampler, val: Sampler, config: Config, epoch: int,
+    learner: MetaLearner, train_step: Any, train: Sampler, val: Sampler, config: Config, epoch: int,
     run_dir: RunDirectory, top_k: TopK, progress: bool,
 ) -> tuple[dict[str, Any], bool]:  # fmt: skip
     start = time.perf_counter()
@@ -421,9 +216,6 @@ def train_run(
 ) -> dict[str, Any]:  # fmt: skip
     """Train (or resume) to the last epoch, then run the ensemble test; returns test.json's dict.
     A finished run (test.json present) is not trained again."""
-    from mamlpp.cuda_graph import training_step
-    from mamlpp.learner import MetaLearner
-
     finished = run_dir.read_test()
     if finished is not None:
         options.log(f"{run_dir.path} is already finished; its test result is in test.json")
@@ -431,9 +223,12 @@ def train_run(
     check_schedule(config)
     episodes = episodes or default_episodes()
     torch.manual_seed(config.seed)
-    learner = MetaLearner(config, device=options.device)
+    capturable = cuda_graph.applies(config, options.device)
+    learner = MetaLearner(
+        config, options.device, kernel_options=options.kernel_options, capturable=capturable
+    )
     next_epoch, top_k = restore(run_dir, learner, config)
-    train_step = training_step(learner)  # after restore: a CUDA graph takes over the optimizer
+    train_step = cuda_graph.training_step(learner)  # after restore: it reads the optimizer state
     if next_epoch > 0:
         options.log(f"resuming {run_dir.path} after epoch {next_epoch - 1}")
     train = episodes(config, "train", data_root=options.data_root, seed=train_seed(config))
@@ -466,8 +261,6 @@ def test_run(
     episodes: EpisodeFactory | None = None, write: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Score the ensemble of the given epochs' checkpoints on `test_tasks` test tasks."""
-    from mamlpp import ensemble
-
     episodes = episodes or default_episodes()
     learners = ensemble.load_learners(
         config, [run_dir.epoch_checkpoint(e) for e in epochs], options.device

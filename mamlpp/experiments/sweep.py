@@ -1,7 +1,7 @@
 """`mamlpp sweep`: train an experiment's grid (presets x seeds) here, or export it for W&B.
 
 ``sweep run`` is the local runner behind ``make table1`` etc.: it names every grid point's run
-directory with ``mamlpp.trainer.run_name``, skips the finished ones (``test.json`` exists), and
+directory with ``mamlpp.runs.resolve.run_name``, skips the finished ones (``test.json`` exists), and
 runs the rest as ``mamlpp train`` subprocesses, JOBS at a time; unfinished runs resume because
 the trainer resumes when given the same command. With GPUs, each job slot owns one GPU
 (``CUDA_VISIBLE_DEVICES``). A second invocation after a complete sweep launches nothing. A
@@ -32,7 +32,7 @@ import click
 from mamlpp.errors import MamlppError
 
 if TYPE_CHECKING:
-    from experiments import Experiment, GridPoint
+    from mamlpp.experiments import Experiment, GridPoint
 
 TRAIN_COMMAND_ENV = "MAMLPP_SWEEP_TRAIN_COMMAND"
 """Environment variable replacing the ``mamlpp train`` prefix of every launched command
@@ -69,7 +69,7 @@ class Sweep:
 
     def run_dir(self, point: GridPoint) -> Path:
         from mamlpp.config import overrides_dict
-        from mamlpp.trainer import run_name
+        from mamlpp.runs.resolve import run_name
 
         name = run_name(point.preset, overrides_dict(self.overrides), point.seed, self.scale)
         return self.runs_dir / name
@@ -78,8 +78,8 @@ class Sweep:
         """Whether the point's run directory holds a run whose config differs from the one this
         sweep would train now (the code's defaults changed since, e.g. the smoke scale's
         epochs); `mamlpp train` refuses to continue such a run, so the sweep must not count it."""
-        from mamlpp.tracking import RunDirectory
-        from mamlpp.trainer import holds_another_config, resolve_config
+        from mamlpp.runs.resolve import holds_another_config, resolve_config
+        from mamlpp.runs.tracking import RunDirectory
 
         config = resolve_config(point.preset, self.overrides, point.seed, self.scale)
         return holds_another_config(RunDirectory(self.run_dir(point)), config)
@@ -100,8 +100,8 @@ def build_sweep(
     train_options: tuple[str, ...] = (),
 ) -> Sweep:
     """Resolve and validate: unknown experiment, row or override fails here, before any run."""
-    from experiments import get_experiment
     from mamlpp.config import apply_overrides
+    from mamlpp.experiments import get_experiment
     from mamlpp.presets import get_preset
 
     experiment = get_experiment(name)

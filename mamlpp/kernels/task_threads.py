@@ -12,7 +12,7 @@ PRESET ROUNDS`, benchmarks/RESULTS.md).
 
 Only where it was measured faster: on the CPU, and only while a group's largest activation fits
 a thread's malloc arena. glibc gives each thread its own arena of 64 MiB heaps and maps any
-bigger block afresh at every allocation (mamlpp.cpu_memory's settings cannot change that): with
+bigger block afresh at every allocation (mamlpp.kernels.cpu_memory's settings cannot change that): with
 two groups, Omniglot 20-way 5-shot (first-stage output of 4 tasks x 100 images: 80 MB) took
 1.3 million page faults and 6.5-10.5 s per iteration against 6.0-6.4 s as one group, and
 mini-ImageNet's 84x84 tasks 0.5-1.8 million faults per iteration. A single arena for all threads
@@ -28,8 +28,8 @@ from typing import TypeVar
 
 import torch
 
-ENABLED = True
-"""Switch (benchmarks/ab_switch.py toggles it): False computes every meta-batch as one group."""
+from mamlpp.data.batch import TaskBatch
+
 ARENA_BLOCK_LIMIT = 48 << 20
 """Bytes: a group runs on a thread only if its largest activation stays below this, under the
 64 MiB heaps of glibc's thread arenas (see above)."""
@@ -42,16 +42,28 @@ Result = TypeVar("Result")
 
 def task_groups(tasks: int, activation_bytes_per_task: int, device: torch.device) -> list[slice]:
     """Contiguous, near-equal slices of range(tasks); a single slice where groups do not apply:
-    off the CPU, one intra-op thread, one task, ENABLED False, or a group's largest activation
-    (its tasks x `activation_bytes_per_task`) above ARENA_BLOCK_LIMIT."""
+    off the CPU, one intra-op thread, one task, or a group's largest activation (its tasks x
+    `activation_bytes_per_task`) above ARENA_BLOCK_LIMIT."""
     threads = torch.get_num_threads()
-    if not ENABLED or device.type != "cpu" or threads < 2 or tasks < 2:
+    if device.type != "cpu" or threads < 2 or tasks < 2:
         return [slice(0, tasks)]
     count = min(threads, tasks, MAX_GROUPS)
     if -(-tasks // count) * activation_bytes_per_task > ARENA_BLOCK_LIMIT:
         return [slice(0, tasks)]
     bounds = [round(i * tasks / count) for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def task_groups_for(
+    batch: TaskBatch, filters: int, dtype: torch.dtype, device: torch.device
+) -> list[slice]:
+    """`task_groups` for a meta-batch of a network with `filters` first-layer filters: a task's
+    largest activation is the first layer's output before pooling, [images, filters, H, W] for
+    its support or its target set."""
+    images = max(batch.support_x.shape[1], batch.target_x.shape[1])
+    height, width = batch.support_x.shape[-2:]
+    per_task = images * filters * height * width * dtype.itemsize
+    return task_groups(batch.num_tasks, per_task, device)
 
 
 def map_on_threads(work: Callable[[slice], Result], groups: list[slice]) -> list[Result]:

@@ -1,9 +1,15 @@
-"""MetaLearner: the meta-parameters of MAML/MAML++ and the three things done with them.
+"""MetaLearner: the meta-parameters of MAML/MAML++ and what is done with them.
 
 - ``meta_loss(batch, epoch)``: the differentiable meta loss (MSL-weighted target losses after the
   inner steps, first or second order as the config and epoch say);
-- ``train_step(batch, epoch)``: one outer update (Adam, optional clipping, BN running stats);
+- ``outer_step(batch, plan)``: one outer update (meta-gradients, optional clipping, Adam, BN
+  running stats) on the device, with no host reads: what the eager ``train_step`` and the
+  CUDA-graph step (`mamlpp.engine.cuda_graph`) both run;
+- ``train_step(batch, epoch)``: ``outer_step`` at the epoch's plan, its numbers read back;
 - ``evaluate(batch)``: adapt with first-order steps and score the target set.
+
+Speed paths (`mamlpp.kernels`) are chosen once, in the constructor, from the device and the
+network's shape: the forward's kernels, and on the CPU the task groups on threads.
 
 Meta-parameters (everything the outer loop learns), by name: the adapted weights' initial values
 ``conv<i>.weight/bias``, ``linear.weight/bias``; batch-norm scale/shift ``bn<i>.weight/bias``
@@ -21,10 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mamlpp import model, schedules, task_threads
-from mamlpp.batch import TaskBatch
+from mamlpp import kernels
 from mamlpp.config import Config
-from mamlpp.inner_loop import Forward, InnerLoopResult, Rates, inner_loop
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine import model, schedules
+from mamlpp.engine.inner_loop import Forward, InnerLoopResult, Rates, inner_loop
+from mamlpp.kernels import task_threads
 
 GRAD_STATS = ("max", "min", "mean", "norm")
 
@@ -33,20 +41,29 @@ GRAD_STATS = ("max", "min", "mean", "norm")
 class MetaLossResult:
     loss: Tensor
     """Scalar: mean over tasks of sum_i v_i * L_i."""
-    step_losses: list[float | None]
-    """Target loss after each step (mean over tasks); None where MSL's weight is 0."""
-    step_accuracies: list[float | None]
+    step_loss_values: list[Tensor | None]
+    """Target loss after each step (mean over tasks, a detached 0-d tensor on the device); None
+    where MSL's weight is 0. Kept on the device so a CUDA graph can record the step."""
+    step_accuracy_values: list[Tensor | None]
     msl_weights: list[float]
     second_order: bool
     bn_stats: list[model.BatchNormStats] = field(default_factory=list)
     """Batch statistics of every forward pass, in order, to update the running stats with."""
 
     @property
+    def step_losses(self) -> list[float | None]:
+        return [None if v is None else float(v) for v in self.step_loss_values]
+
+    @property
+    def step_accuracies(self) -> list[float | None]:
+        return [None if v is None else float(v) for v in self.step_accuracy_values]
+
+    @property
     def accuracy(self) -> float:
         """Target accuracy after the last inner step."""
-        last = self.step_accuracies[-1]
+        last = self.step_accuracy_values[-1]
         assert last is not None
-        return last
+        return float(last)
 
 
 @dataclass
@@ -70,15 +87,34 @@ class EvalResult:
     """[B, N*q, N] class probabilities of the target images (what the ensemble averages)."""
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """What one outer update does at an epoch: MSL weights (floats, or device tensors in the
+    CUDA graph), derivative order, and the steps whose target loss is computed."""
+
+    weights: Sequence[float | Tensor]
+    second_order: bool
+    target_steps: frozenset[int]
+
+
 class MetaLearner:
     def __init__(
-        self, config: Config, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        self,
+        config: Config,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        kernel_options: kernels.KernelOptions = kernels.DEFAULT,
+        capturable: bool = False,
     ) -> None:
+        """`kernel_options`: which speed paths may be used (all, by default; for A/B
+        benchmarks). `capturable`: build Adam for CUDA-graph capture (`cuda_graph.applies`)."""
         self.config = config
         self.device = torch.device(device)
         self.dtype = dtype
         self.spec = model.NetSpec.from_config(config)
-        self.engine = _choose_engine(config)
+        self.engine = choose_engine(config)
+        self.kernels = kernels.choose(self.device, self.spec, kernel_options)
+        self.task_threads = kernel_options.task_threads
         generator = torch.Generator().manual_seed(config.seed)
         init = model.init_params(self.spec, generator)
         self.params = {k: v.to(self.device, dtype).requires_grad_() for k, v in init.items()}
@@ -92,7 +128,7 @@ class MetaLearner:
         }
         o = config.outer
         self.optimizer = torch.optim.Adam(
-            list(self.meta_parameters().values()), lr=o.lr, betas=o.betas
+            list(self.meta_parameters().values()), lr=o.lr, betas=o.betas, capturable=capturable
         )
 
     # ------------------------------------------------------------------ parameters
@@ -126,22 +162,28 @@ class MetaLearner:
         c = self.config
         return schedules.msl_weights(c.inner.steps, epoch, c.outer.msl_epochs, c.outer.msl)
 
-    # ------------------------------------------------------------------ meta loss
-    def meta_loss(self, batch: TaskBatch, epoch: int) -> MetaLossResult:
-        """The differentiable meta loss of a meta-batch at `epoch` (MSL weights and derivative
-        order are the epoch's)."""
-        batch = batch.to(self.device, self.dtype)
+    def plan(self, epoch: int) -> StepPlan:
+        """The outer update's MSL weights, derivative order and target steps at `epoch`."""
         weights = self.msl_weights(epoch)
-        second_order = schedules.use_second_order(self.config, epoch)
+        targets = frozenset(i for i, w in enumerate(weights) if w > 0)
+        return StepPlan(weights, schedules.use_second_order(self.config, epoch), targets)
+
+    # ------------------------------------------------------------------ meta loss
+    def meta_loss(self, batch: TaskBatch, epoch: int | StepPlan) -> MetaLossResult:
+        """The differentiable meta loss of a meta-batch at `epoch` (MSL weights and derivative
+        order are the epoch's), or under an explicit `StepPlan`."""
+        plan = self.plan(epoch) if isinstance(epoch, int) else epoch
+        batch = batch.to(self.device, self.dtype)
         run = self._run_folded if self.engine == "folded" else self._run_loop
-        target_steps = {i for i, w in enumerate(weights) if w > 0}
-        per_task_loss, results, bn_stats = run(batch, weights, second_order, target_steps)
+        per_task_loss, results, bn_stats = run(
+            batch, plan.weights, plan.second_order, set(plan.target_steps)
+        )
         return MetaLossResult(
             loss=per_task_loss.mean(),
-            step_losses=_mean_per_step(results, "target_losses"),
-            step_accuracies=_mean_per_step(results, "target_accuracies"),
-            msl_weights=weights,
-            second_order=second_order,
+            step_loss_values=_mean_per_step(results, "target_losses"),
+            step_accuracy_values=_mean_per_step(results, "target_accuracies"),
+            msl_weights=[w for w in plan.weights if not isinstance(w, Tensor)],
+            second_order=plan.second_order,
             bn_stats=bn_stats,
         )
 
@@ -156,9 +198,7 @@ class MetaLearner:
         stats: list[model.BatchNormStats] = []
         forward = self._forward(model.forward_tasks, self.params, "batch", stats)
         fast = {k: self.params[k].expand(tasks, *self.params[k].shape) for k in self.adapted_names}
-        result = self._adapt(
-            forward, fast, batch, second_order, target_steps, prepare=self._first_layer_input
-        )
+        result = self._adapt(forward, fast, batch, second_order, target_steps, prepare=self._prepare)
         return _weighted(result, weights), [result], stats
 
     def _run_loop(
@@ -191,14 +231,23 @@ class MetaLearner:
         step) bound: BN scale/shift `shared`, the running statistics, the BN mode, and the list
         that collects batch statistics (None: not collected)."""
 
-        def forward(fast: Mapping[str, Tensor], x: Tensor, step: int) -> Tensor:
+        if net is model.forward_tasks:
+
+            def forward(fast: Mapping[str, Tensor], x: Any, step: int) -> Tensor:
+                return model.forward_tasks(
+                    fast, shared, self.running, x, step, self.spec, mode, stats, self.kernels
+                )
+
+            return forward
+
+        def forward_one(fast: Mapping[str, Tensor], x: Any, step: int) -> Tensor:
             return net(fast, shared, self.running, x, step, self.spec, mode, stats)
 
-        return forward
+        return forward_one
 
-    def _first_layer_input(self, images: Tensor) -> Tensor | model.FirstLayerInput:
-        """What the folded engine's first stage needs from the images (model.first_layer_input)."""
-        return model.first_layer_input(images, self.spec)
+    def _prepare(self, images: Tensor) -> model.FoldedImages:
+        """The images as the folded forward's kernels take them, once per batch."""
+        return self.kernels.prepare(images, self.spec)
 
     def _adapt(
         self,
@@ -226,53 +275,61 @@ class MetaLearner:
         )
 
     # ------------------------------------------------------------------ outer update
-    def train_step(self, batch: TaskBatch, epoch: int) -> StepResult:
-        """One outer update at `epoch`: meta lr set for the epoch, Adam step, gradient
-        clipping when configured, BN running statistics updated."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.meta_lr(epoch)
+    def outer_step(self, batch: TaskBatch, plan: StepPlan) -> tuple[MetaLossResult, Tensor]:
+        """One outer update under `plan`, left on the device: meta-gradients, clipping when
+        configured, Adam (at the optimizer's current learning rate), BN running statistics.
+        Returns the meta loss's result and the [P, 4] gradient statistics of the meta-parameters
+        that received a gradient (`gradient_rows`, names in `gradient_names()`)."""
         self.optimizer.zero_grad(set_to_none=True)
-        result = self._meta_gradients(batch, epoch)
+        result = self._meta_gradients(batch, plan)
         meta = self.meta_parameters()
         clip_gradients(meta, self.config.outer.grad_clip)
-        grad_stats = _gradient_statistics(meta)
+        rows = gradient_rows(meta, self.gradient_names())
         self.optimizer.step()
         self._update_running_stats(result.bn_stats)
+        return result, rows
+
+    def gradient_names(self) -> list[str]:
+        """The meta-parameters holding a gradient (after `_meta_gradients`)."""
+        return [k for k, p in self.meta_parameters().items() if p.grad is not None]
+
+    def train_step(self, batch: TaskBatch, epoch: int) -> StepResult:
+        """`outer_step` at `epoch`'s plan and meta learning rate, its numbers read back."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.meta_lr(epoch)
+        result, rows = self.outer_step(batch, self.plan(epoch))
+        names = self.gradient_names()
+        values = rows.double().cpu().tolist() if names else []
         return StepResult(
             loss=float(result.loss.detach()),
             accuracy=result.accuracy,
             msl_weights=result.msl_weights,
             second_order=result.second_order,
-            grad_stats=grad_stats,
+            grad_stats={k: dict(zip(GRAD_STATS, v, strict=True)) for k, v in zip(names, values, strict=True)},
             step_losses=result.step_losses,
         )
 
     def _task_groups(self, batch: TaskBatch) -> list[slice]:
         """The groups of `batch`'s tasks that run side by side (`task_threads.task_groups`)."""
-        return task_threads.task_groups(batch.num_tasks, self._activation_bytes(batch), self.device)
+        if not self.task_threads:
+            return [slice(0, batch.num_tasks)]
+        return task_threads.task_groups_for(batch, self.spec.filters, self.dtype, self.device)
 
-    def _activation_bytes(self, batch: TaskBatch) -> int:
-        """Bytes of the largest activation one task of `batch` allocates: the first layer's
-        output before pooling, [images, filters, H, W] for its support or its target set."""
-        images = max(batch.support_x.shape[1], batch.target_x.shape[1])
-        height, width = batch.support_x.shape[-2:]
-        return images * self.spec.filters * height * width * self.dtype.itemsize
-
-    def _meta_gradients(self, batch: TaskBatch, epoch: int) -> MetaLossResult:
-        """`meta_loss(batch, epoch).loss.backward()`, on the CPU with the tasks in groups on
+    def _meta_gradients(self, batch: TaskBatch, plan: StepPlan) -> MetaLossResult:
+        """`meta_loss(batch, plan).loss.backward()`, on the CPU with the tasks in groups on
         parallel threads (`task_threads`): each group's gradients of its share of the loss
         (its tasks' sum / B), summed in group order into `.grad`. Returns the meta loss's
         numbers (its loss detached when the tasks were split)."""
         groups = self._task_groups(batch)
         if len(groups) == 1:
-            result = self.meta_loss(batch, epoch)
+            result = self.meta_loss(batch, plan)
             result.loss.backward()
             return result
         meta = list(self.meta_parameters().values())
         shares = [(g.stop - g.start) / batch.num_tasks for g in groups]
 
         def group_gradients(group: slice) -> tuple[MetaLossResult, Sequence[Tensor | None]]:
-            part = self.meta_loss(batch.tasks(group), epoch)
+            part = self.meta_loss(batch.tasks(group), plan)
             share = shares[groups.index(group)]
             return part, torch.autograd.grad(part.loss * share, meta, allow_unused=True)
 
@@ -312,8 +369,7 @@ class MetaLearner:
                 for k in self.adapted_names
             }
             result = self._adapt(
-                forward, fast, batch, second_order=False, evaluation=True,
-                prepare=self._first_layer_input,
+                forward, fast, batch, second_order=False, evaluation=True, prepare=self._prepare
             )
         assert result.final_logits is not None
         logits = result.final_logits.detach()
@@ -347,7 +403,7 @@ class MetaLearner:
 # ---------------------------------------------------------------------- helpers
 
 
-def _choose_engine(config: Config) -> str:
+def choose_engine(config: Config) -> str:
     """'auto' picks the engine measured faster everywhere: folded. On an H200 it is 4.7-5.6x
     faster than the loop; on the 2-core CPU 1.7x at Omniglot 5-way 1-shot and 1.36-1.39x at
     mini-ImageNet 5-way 1-shot (`mamlpp bench --device cpu`, two runs, 2026-11-28; an earlier
@@ -368,14 +424,15 @@ def _weighted(result: InnerLoopResult, weights: Sequence[float | Tensor]) -> Ten
     return torch.stack(terms).sum(0)
 
 
-def _mean_per_step(results: list[InnerLoopResult], attr: str) -> list[float | None]:
-    per_step: list[float | None] = []
+def _mean_per_step(results: list[InnerLoopResult], attr: str) -> list[Tensor | None]:
+    """Per step, the mean over all tasks (in float64, on the device) of `attr`."""
+    per_step: list[Tensor | None] = []
     for i in range(len(getattr(results[0], attr))):
         values = [getattr(r, attr)[i] for r in results]
         if values[0] is None:
             per_step.append(None)
         else:
-            per_step.append(float(torch.stack([v.detach().double().mean() for v in values]).mean()))
+            per_step.append(torch.stack([v.detach().double().mean() for v in values]).mean())
     return per_step
 
 
@@ -383,20 +440,20 @@ def _combine_results(parts: list[MetaLossResult], shares: list[float]) -> MetaLo
     """The meta loss's numbers for the whole batch from its task groups' (`shares`: each group's
     fraction of the tasks): loss, per-step means and batch statistics weighted by the shares."""
 
-    def weighted(values: Sequence[float | None]) -> float | None:
+    def weighted(values: Sequence[Tensor | None]) -> Tensor | None:
         present = [v for v in values if v is not None]
         if len(present) < len(values):
             return None  # a step without a target loss (MSL weight 0), in every group
-        return sum(v * s for v, s in zip(present, shares, strict=True))
+        return torch.stack([v * s for v, s in zip(present, shares, strict=True)]).sum()
 
-    def per_step(attr: str) -> list[float | None]:
+    def per_step(attr: str) -> list[Tensor | None]:
         return [weighted(step) for step in zip(*(getattr(p, attr) for p in parts), strict=True)]
 
     first = parts[0]
     return MetaLossResult(
         loss=sum(p.loss.detach() * s for p, s in zip(parts, shares, strict=True)),  # type: ignore[arg-type]
-        step_losses=per_step("step_losses"),
-        step_accuracies=per_step("step_accuracies"),
+        step_loss_values=per_step("step_loss_values"),
+        step_accuracy_values=per_step("step_accuracy_values"),
         msl_weights=first.msl_weights,
         second_order=first.second_order,
         bn_stats=_average_stats([p.bn_stats for p in parts], shares),
@@ -444,12 +501,3 @@ def gradient_rows(meta: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
         g = meta[k].grad.detach().abs()  # type: ignore[union-attr]
         rows.append(torch.stack([g.max(), g.min(), g.mean(), g.norm()]))
     return torch.stack(rows)
-
-
-def _gradient_statistics(meta: dict[str, Tensor]) -> dict[str, dict[str, float]]:
-    """{name: {max, min, mean, norm}} of |grad|, read back to the host in one transfer."""
-    names = [k for k, p in meta.items() if p.grad is not None]
-    if not names:
-        return {}
-    values = gradient_rows(meta, names).double().cpu().tolist()
-    return {k: dict(zip(GRAD_STATS, v, strict=True)) for k, v in zip(names, values, strict=True)}

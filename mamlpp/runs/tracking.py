@@ -149,7 +149,7 @@ class RunDirectory:
 
 def git_commit() -> str | None:
     """The commit of the mamlpp source tree (suffix '-dirty' with local changes), or None."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10

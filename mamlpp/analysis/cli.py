@@ -38,10 +38,10 @@ def report(runs_dir: Path, out: Path, from_wandb: str | None, notebook: bool) ->
       mamlpp report --runs-dir runs/smoke --out reports/smoke
       mamlpp report --runs-dir runs/wandb --out reports/paper --from-wandb my-team/mamlpp
     """
-    from analysis.report import build_report, report_command
+    from mamlpp.analysis.report import build_report, report_command
 
     if from_wandb:
-        from analysis.wandb_import import import_wandb
+        from mamlpp.analysis.wandb_import import import_wandb
 
         folders = import_wandb(from_wandb, runs_dir)
         click.echo(f"imported {len(folders)} W&B runs of {from_wandb} into {runs_dir}")

@@ -19,10 +19,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.figures import write_figures
-from analysis.lr_charts import write_lr_charts
-from analysis.runs import Run, load_runs, runs_frame
-from analysis.tables import SMOKE_LABEL, WrittenTable, display_table, write_tables
+from mamlpp.analysis.figures import write_figures
+from mamlpp.analysis.lr_charts import write_lr_charts
+from mamlpp.analysis.runs import Run, load_runs, runs_frame
+from mamlpp.analysis.tables import SMOKE_LABEL, WrittenTable, display_table, write_tables
 
 NOTEBOOK = Path(__file__).parent / "notebooks" / "seed_variance.ipynb"
 

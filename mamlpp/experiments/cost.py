@@ -12,8 +12,8 @@ hours = sum over its grid points. Presets not measured borrow the measurement of
 measured preset (same dataset, way, shot; preferring the same inner steps and switches), and the
 table says which.
 
-    python -m experiments.cost measure --device cuda --out build/cost.jsonl
-    python -m experiments.cost project build/cost.jsonl [--scale smoke]
+    python -m mamlpp.experiments.cost measure --device cuda --out build/cost.jsonl
+    python -m mamlpp.experiments.cost project build/cost.jsonl [--scale smoke]
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import click
 
-from experiments import EXPERIMENTS
 from mamlpp.config import apply_scale
+from mamlpp.experiments import EXPERIMENTS
 from mamlpp.presets import get_preset
 
 PRIORITY = (
@@ -69,7 +69,7 @@ def measure_one(
     data_root: str | None,
     overrides: tuple[str, ...] = (),
 ) -> Measurement:
-    from mamlpp.sweep import train_command_prefix
+    from mamlpp.experiments.sweep import train_command_prefix
 
     with tempfile.TemporaryDirectory() as runs:
         argv = [*train_command_prefix(), "--preset", preset, "--seed", "0", "--scale", "paper"]

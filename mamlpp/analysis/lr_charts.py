@@ -23,8 +23,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from analysis.runs import Run, best_epochs, lslr_frame
-from analysis.tables import scale_note
+from mamlpp.analysis.runs import Run, best_epochs, lslr_frame
+from mamlpp.analysis.tables import scale_note
 
 CHART_DIV_ID = "lr-chart"
 

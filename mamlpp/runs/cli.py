@@ -7,16 +7,9 @@ from pathlib import Path
 
 import click
 
-from mamlpp.tracking import RunDirectory, resolve_wandb_mode
-from mamlpp.trainer import (
-    RunOptions,
-    resolve_config,
-    resolve_device,
-    run_name,
-    start_run_directory,
-    test_existing_run,
-    train_run,
-)
+from mamlpp.runs.resolve import resolve_config, resolve_device, run_name, start_run_directory
+from mamlpp.runs.tracking import RunDirectory, resolve_wandb_mode
+from mamlpp.runs.trainer import RunOptions, test_existing_run, train_run
 
 _DATA_ROOT = click.option(
     "--data-root",

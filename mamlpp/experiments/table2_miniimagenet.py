@@ -17,7 +17,7 @@ Rows (preset: the paper's test accuracy, %, mean +- std over 3 seeds where the p
 lists the accepted formats); this machine has none, so the table has not been run here.
 
 Expected runtime (projected from timed short runs on random pixels of the real shapes:
-`python -m experiments.cost`, README "Runtime", experiments/cost_h200.jsonl):
+`python -m mamlpp.experiments.cost`, README "Runtime", experiments/cost_h200.jsonl):
 - smoke: about 1.5 GPU-hours on one H200 (about 4 minutes per run; projected with the 10-epoch
   smoke scale x 1.5); not timed on the CPU.
 - paper: about 85 H200 GPU-hours (3.5-3.8 hours per run; the MAML and 1-4-step rows are
@@ -30,7 +30,7 @@ Command:
 
 from __future__ import annotations
 
-from experiments.experiment import Experiment
+from mamlpp.experiments.experiment import Experiment
 
 EXPERIMENT = Experiment(
     name="table2",

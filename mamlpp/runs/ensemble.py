@@ -1,4 +1,4 @@
-"""The test protocol (DESIGN.md section 4): the top-k checkpoints by validation accuracy each adapt
+"""The test protocol: the top-k checkpoints by validation accuracy each adapt
 to every test task (first-order steps, as at validation); their class probabilities are averaged
 (we average probabilities; the original code averaged raw logits) and the ensemble's per-task
 accuracy is reported as mean, std and 95% confidence interval over the test tasks.
@@ -14,16 +14,15 @@ from typing import Any
 import torch
 
 from mamlpp.config import Config
+from mamlpp.engine.learner import MetaLearner
 from mamlpp.errors import MamlppError
+from mamlpp.runs.checkpoints import load_checkpoint, load_learner_state
 
 ENSEMBLE = "mean of class probabilities"
 
 
-def load_learners(config: Config, paths: Sequence[Path], device: str) -> list[Any]:
+def load_learners(config: Config, paths: Sequence[Path], device: str) -> list[MetaLearner]:
     """One MetaLearner per checkpoint file."""
-    from mamlpp.learner import MetaLearner
-    from mamlpp.trainer import load_checkpoint, load_learner_state
-
     if not paths:
         raise MamlppError("no checkpoints to test; train at least one epoch first")
     learners = []
@@ -35,7 +34,7 @@ def load_learners(config: Config, paths: Sequence[Path], device: str) -> list[An
 
 
 def ensemble_accuracies(
-    learners: Sequence[Any], sampler: Any, chunks: Sequence[range]
+    learners: Sequence[MetaLearner], sampler: Any, chunks: Sequence[range]
 ) -> torch.Tensor:
     """[tasks] accuracy of the averaged class probabilities, task by task."""
     out = []

@@ -3,7 +3,7 @@
 Talks to Chromium through ``--remote-debugging-pipe`` (file descriptors 3 and 4, messages ended
 by a NUL byte): no port, no extra dependency. Used by the report tests; usable by hand::
 
-    python -m analysis.headless reports/smoke/index.html   # prints console errors, exit 1 if any
+    python -m tests.support.headless reports/smoke/index.html   # prints console errors, exit 1 if any
 """
 
 from __future__ import annotations

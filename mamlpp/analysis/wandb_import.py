@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from analysis.runs import RunsError
+from mamlpp.analysis.runs import RunsError
 
 MARKER = "wandb_run.json"
 
@@ -47,7 +47,7 @@ def _config_doc(wandb_run: Any) -> dict[str, Any]:
     config = {k: v for k, v in cfg.items() if not k.startswith("_") and k != "run"}
     if isinstance(
         cfg.get("run"), dict
-    ):  # what mamlpp.trainer sends: {**Config.to_dict(), "run": {...}}
+    ):  # what mamlpp.runs.trainer sends: {**Config.to_dict(), "run": {...}}
         return {"config": config, "run": {"name": wandb_run.name, **cfg["run"]}}
     return {
         "config": config,

@@ -24,7 +24,7 @@ Command:
 
 from __future__ import annotations
 
-from experiments.experiment import Experiment
+from mamlpp.experiments.experiment import Experiment
 
 EXPERIMENT = Experiment(
     name="figure2",

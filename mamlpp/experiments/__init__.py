@@ -8,9 +8,9 @@ W&B grid sweep; ``make table1`` etc. wrap the former and then build the report.
 
 from __future__ import annotations
 
-from experiments import figure2_stability, table1_omniglot, table2_miniimagenet
-from experiments.experiment import PAPER_SEEDS, Experiment, GridPoint
 from mamlpp.errors import MamlppError
+from mamlpp.experiments import figure2_stability, table1_omniglot, table2_miniimagenet
+from mamlpp.experiments.experiment import PAPER_SEEDS, Experiment, GridPoint
 
 __all__ = ["EXPERIMENTS", "PAPER_SEEDS", "Experiment", "GridPoint", "get_experiment"]
 

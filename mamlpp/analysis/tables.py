@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.runs import Run
+from mamlpp.analysis.runs import Run
 from mamlpp.presets import PRESETS
 
 SMOKE_LABEL = "SMOKE SCALE - not comparable to the paper"

@@ -18,7 +18,7 @@ Rows (preset: the paper's test accuracy, %, mean +- std over 3 seeds where the p
 
 11 presets x seeds 0, 1, 2 = 33 runs. The MAML++ runs also feed the learning-rate charts.
 
-Expected runtime (projected from timed short runs: `python -m experiments.cost`, README
+Expected runtime (projected from timed short runs: `python -m mamlpp.experiments.cost`, README
 "Runtime"; the files are experiments/cost_cpu2_idle.jsonl and experiments/cost_h200_graph.jsonl):
 - smoke (15 epochs x 60 iterations, 40 validation tasks, 600 test tasks) on the 2-core CPU:
   measured 9.0 minutes for a 5-way 1-shot MAML++ run (the demo); projected 0.55 hours per 20-way
@@ -35,7 +35,7 @@ Command:
 
 from __future__ import annotations
 
-from experiments.experiment import Experiment
+from mamlpp.experiments.experiment import Experiment
 
 EXPERIMENT = Experiment(
     name="table1",

@@ -1,0 +1,73 @@
+"""Speed paths for the engine, chosen once per learner from the device and the network's shape.
+
+The engine's model (`mamlpp.engine.model`) defines the plain paths and the `Kernels` interface;
+this package builds faster ones (`cpu`, `cuda`, `folded_bn` for both) and `choose` picks them.
+Every choice is exact against the plain path in float64 (tests/test_kernels.py). The CPU's
+task groups on threads (`task_threads`) and malloc settings (`cpu_memory`) live here too.
+
+`KernelOptions` turns each speed path off for A/B benchmarks (benchmarks/ab_switch.py); the
+defaults are what was measured fastest (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from mamlpp.engine.model import PLAIN, Kernels, NetSpec, fold_images, max_pool
+from mamlpp.kernels import cpu, cuda, folded_bn
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Which speed paths may be used; each True one applies where `choose` says."""
+
+    fold_first_batch_norm: bool = True
+    """The first layer's batch norm folded into its convolution (`folded_bn`)."""
+    first_stage_as_matmul: bool = True
+    """CPU, max-pooling: the first stage as one matmul with patches prepared once per batch."""
+    pool_by_gather: bool = True
+    """CPU: max-pooling as a gather at the maxima of max_pool2d's channels-last kernel."""
+    task_threads: bool = True
+    """CPU: the meta-batch's tasks in groups on parallel threads (`task_threads`)."""
+    batch_norm: Literal["fused", "elementwise"] = "fused"
+    """torch's fused batch-norm kernel, or the elementwise one (benchmarking alternative)."""
+    channels_last: bool = False
+    """Activations in the channels-last layout (benchmarking alternative)."""
+
+
+DEFAULT = KernelOptions()
+
+
+def choose(device: torch.device, spec: NetSpec, options: KernelOptions = DEFAULT) -> Kernels:
+    """The speed paths for `spec`'s network on `device`:
+
+    - CPU: max-pooling by gather; the first stage as a matmul with prepared patches when the
+      network max-pools, else the first batch norm folded into the convolution.
+    - CUDA: the first batch norm folded for images up to `cuda.FOLD_FIRST_BATCH_NORM_MAX_SIDE`.
+    - anywhere else: the plain paths.
+    """
+    on_cpu = device.type == "cpu"
+    pool = cpu.max_pool_by_gather if on_cpu and options.pool_by_gather else max_pool
+    kernels = PLAIN
+    if on_cpu and options.first_stage_as_matmul and spec.downsample == "max_pool":
+        kernels = Kernels("cpu-matmul", cpu.prepare_patch_windows, cpu.first_stage_matmul, pool)
+    elif options.fold_first_batch_norm and (
+        on_cpu or (device.type == "cuda" and spec.image_size <= cuda.FOLD_FIRST_BATCH_NORM_MAX_SIDE)
+    ):
+        name = f"{device.type}-folded-bn"
+        kernels = Kernels(name, fold_images, folded_bn.first_stage_with(pool), pool)
+    elif pool is not max_pool:
+        kernels = Kernels(f"{device.type}-gather-pool", fold_images, None, pool)
+    if options.batch_norm == "elementwise" or options.channels_last:
+        kernels = Kernels(
+            kernels.name + "+variants",
+            kernels.prepare,
+            kernels.first_stage,
+            kernels.max_pool,
+            cpu.batch_norm_elementwise if options.batch_norm == "elementwise" else kernels.batch_norm,
+            torch.channels_last if options.channels_last else kernels.memory_format,
+        )
+    return kernels
