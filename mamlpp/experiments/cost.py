@@ -23,14 +23,13 @@ committed page is current), and every other place that needs a runtime points th
 
 from __future__ import annotations
 
+import heapq
 import json
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import heapq
 
 import click
 
