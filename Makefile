@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The README's main job. Omniglot comes from $(MAMLPP_DATA)/omniglot, downloaded there (official
-# zips, md5-checked) when missing; MAMLPP_DATA=../shared/data uses a local copy instead.
+# zips, md5-checked) when missing; MAMLPP_DATA=/path/to/data uses a local copy instead.
 demo: setup
 	@$(BIN)/mamlpp data check omniglot >/dev/null 2>&1 || $(BIN)/mamlpp data prepare omniglot --download
 	$(BIN)/mamlpp train --preset omniglot_5way_1shot_mamlpp --scale smoke --seed 0 --runs-dir $(RUNS)/demo

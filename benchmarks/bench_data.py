@@ -1,17 +1,13 @@
 """Episodes per second from the cache on one CPU core (a benchmark, not a test).
 
-    .venv/bin/python benchmarks/bench_data.py [--data-root ../shared/data] [--seconds 3]
+    .venv/bin/python benchmarks/bench_data.py [--data-root /path/to/data] [--seconds 3]
 
 Omniglot 20-way 1-shot (1 target per class) uses the real Omniglot from the data root, meta-batches
 of 8 as in training. mini-ImageNet 5-way 5-shot with 15 targets uses generated images (64 training
 classes x 100 images of 3x84x84; the cost per episode does not depend on the images per class)
 written to and read back from a temporary cache, meta-batches of 2 as in training.
-Target: >= 2000 Omniglot episodes/s, so sampling stays under 5% of an outer step.
-
-Recorded 2026-11-27 on the shared 2-core CPU machine (load average ~5, three runs, torch 2.14.1,
-numpy 2.4.6): Omniglot 20-way 1-shot 8,400-11,500 episodes/s wall (12,000-13,200 per CPU-second,
-~80 us each); mini-ImageNet 5-way 5-shot 15 targets 256-450 episodes/s wall (330-650 per
-CPU-second, 1.5-3 ms each, mostly the uint8 -> normalised float32 conversion of 100 images).
+Target: >= 2000 Omniglot episodes/s, so sampling stays under 5% of an outer step. Measured:
+benchmarks/RESULTS.md#cpu.
 """
 
 from __future__ import annotations

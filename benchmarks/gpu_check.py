@@ -1,13 +1,14 @@
-"""The one GPU session's script: is the CUDA-graph step exact, how fast is it, and does training
+"""A GPU session's script: is the CUDA-graph step exact, how fast is it, and does training
 through it (the default on CUDA) reach the same accuracy as eager training? Writes what it
 measured to stdout and to $OUT/gpu_results.txt (the device tool brings that file back).
+Results: benchmarks/RESULTS.md#gpu.
 
-    PYTHONPATH=. python3 benchmarks/gpu_check.py            # everything (2-2.5 min on an H200)
+    PYTHONPATH=. python3 benchmarks/gpu_check.py            # everything (a few minutes on an H200)
     PYTHONPATH=. python3 benchmarks/gpu_check.py check bench  # a subset: check, bench, train
 
-`train` needs Omniglot under $MAMLPP_DATA (the official zips). Through the device tool, as done
-on 2026-11-27: copy ../shared/data/omniglot/*.zip (and ~/.cache/mamlpp, to skip the cache
-build) into a git-ignored `.gpu_data/` folder, carry it, and run with
+`train` needs Omniglot under $MAMLPP_DATA (the official zips). On a machine without the data,
+copy <data root>/omniglot/*.zip (and ~/.cache/mamlpp, to skip the cache build) into a
+git-ignored `.gpu_data/` folder, take it along, and run with
 `MAMLPP_DATA=.gpu_data MAMLPP_CACHE=.gpu_data/cache`.
 """
 

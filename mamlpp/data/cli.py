@@ -21,7 +21,7 @@ def data() -> None:
 
     \b
     Example:
-      mamlpp data check omniglot --root ../shared/data
+      mamlpp data check omniglot --root /path/to/data
       mamlpp data prepare omniglot --root data --download
     """
 
@@ -79,7 +79,7 @@ def check(dataset: str, root: str | None) -> None:
 
     \b
     Example:
-      mamlpp data check omniglot --root ../shared/data
+      mamlpp data check omniglot --root /path/to/data
     """
     (_omniglot_check if dataset == "omniglot" else _miniimagenet_check)(root)
 
@@ -94,7 +94,7 @@ def prepare(dataset: str, root: str | None, download: bool, rebuild: bool) -> No
 
     \b
     Example:
-      mamlpp data prepare omniglot --root ../shared/data
+      mamlpp data prepare omniglot --root /path/to/data
     """
     sets: ImageSets
     if dataset == "omniglot":
@@ -109,7 +109,7 @@ def prepare(dataset: str, root: str | None, download: bool, rebuild: bool) -> No
 
         if download:
             raise DataError(
-                "mini-ImageNet has no official download; fetch it yourself (see DESIGN.md section 3) "
+                "mini-ImageNet has no official download; fetch it yourself (formats: docs/data.md) "
                 "and put it in <data root>/miniimagenet"
             )
         sets, folder = miniimagenet.load(root, rebuild=rebuild)

@@ -24,7 +24,7 @@ from mamlpp.errors import DataError
 IMAGE_SIZE = 84
 PICKLE_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-FIX = "re-copy the dataset (see DESIGN.md section 3 for the accepted formats)"
+FIX = "re-copy the dataset (docs/data.md lists the accepted formats)"
 LAYOUTS = (
     "images/ with train.csv, val.csv, test.csv; "
     "or mini-imagenet-cache-{train,validation,test}.pkl; or {train,val,test}/<class>/*.jpg"

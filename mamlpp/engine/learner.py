@@ -404,10 +404,9 @@ class MetaLearner:
 
 
 def choose_engine(config: Config) -> str:
-    """'auto' picks the engine measured faster everywhere: folded. On an H200 it is 4.7-5.6x
-    faster than the loop; on the 2-core CPU 1.7x at Omniglot 5-way 1-shot and 1.36-1.39x at
-    mini-ImageNet 5-way 1-shot (`mamlpp bench --device cpu`, two runs, 2026-11-28; an earlier
-    session had measured the loop 5% faster for mini-ImageNet, and auto picked it there)."""
+    """'auto' is the folded engine, measured faster than the per-task loop at every paper shape
+    on the CPU and on CUDA (`mamlpp bench`; benchmarks/RESULTS.md#cpu and #gpu). The loop is the
+    reference the tests compare against."""
     return "folded" if config.engine == "auto" else config.engine
 
 

@@ -8,7 +8,7 @@ from mamlpp.config import Config
 
 
 def msl_weights(steps: int, epoch: int, annealing_epochs: int, enabled: bool) -> list[float]:
-    """Importance weights v_0..v_{K-1} of the per-step target losses (DESIGN.md section 2).
+    """Importance weights v_0..v_{K-1} of the per-step target losses (MSL).
 
     Start uniform (1/K); the first K-1 decay linearly to a floor of 0.03/K while the last grows
     to 1 - (K-1)*0.03/K; from `annealing_epochs` on (or without MSL) only the last step counts.

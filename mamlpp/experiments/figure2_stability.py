@@ -12,11 +12,8 @@ gives a figure, not numbers:
 2 presets x seeds 0, 1, 2 = 6 runs. The curve is the training loss of every outer iteration,
 which every run writes to ``iterations.jsonl`` (docs/run-directory.md); nothing extra to log.
 
-Expected runtime (README "Runtime"; experiments/cost_h200_graph.jsonl):
-- smoke: about 6 x 12 minutes on the 2-core CPU (projected from a timed short run of
-  stability_mamlpp, 0.70 s per iteration: experiments/cost_cpu2_idle.jsonl); a few minutes on
-  one H200.
-- paper: about 3.3 H200 GPU-hours (0.5-0.6 hours per run, CUDA-graph step; timed directly).
+Runtime: docs/runtimes.md (generated from mamlpp/experiments/cost_*.jsonl by
+`python -m mamlpp.experiments.cost docs`), per row and for the figure, smoke and paper scale.
 
 Command:
     make figure2 SCALE=smoke            # = mamlpp sweep run figure2 --scale smoke --jobs auto --runs-dir runs/smoke

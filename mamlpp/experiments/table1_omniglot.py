@@ -18,15 +18,8 @@ Rows (preset: the paper's test accuracy, %, mean +- std over 3 seeds where the p
 
 11 presets x seeds 0, 1, 2 = 33 runs. The MAML++ runs also feed the learning-rate charts.
 
-Expected runtime (projected from timed short runs: `python -m mamlpp.experiments.cost`, README
-"Runtime"; the files are experiments/cost_cpu2_idle.jsonl and experiments/cost_h200_graph.jsonl):
-- smoke (15 epochs x 60 iterations, 40 validation tasks, 600 test tasks) on the 2-core CPU:
-  measured 9.0 minutes for a 5-way 1-shot MAML++ run (the demo); projected 0.55 hours per 20-way
-  1-shot run, 1.9 per 20-way 5-shot run, about 23 hours for the table (experiments/cost_cpu2_idle.jsonl,
-  README "Runtime"); under an hour on one H200.
-- paper (150 epochs x 500 iterations, 600 validation tasks per epoch): about 34 H200 GPU-hours
-  with the CUDA-graph step (0.5-2.2 hours per run), about 5 hours on 8 GPUs (92 GPU-hours with
-  the eager step, experiments/cost_h200.jsonl).
+Runtime: docs/runtimes.md (generated from mamlpp/experiments/cost_*.jsonl by
+`python -m mamlpp.experiments.cost docs`), per row and for the table, smoke and paper scale.
 
 Command:
     make table1 SCALE=smoke JOBS=1      # = mamlpp sweep run table1 --scale smoke --jobs 1 --runs-dir runs/smoke

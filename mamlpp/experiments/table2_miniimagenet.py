@@ -13,15 +13,11 @@ Rows (preset: the paper's test accuracy, %, mean +- std over 3 seeds where the p
 | miniimagenet_5way_5shot_maml | 5-shot, MAML (local reproduction), 5 steps | 64.78 |
 | miniimagenet_5way_5shot_mamlpp | 5-shot, MAML++, 5 inner steps | 67.15 +- 0.26 |
 
-8 presets x seeds 0, 1, 2 = 24 runs. Needs mini-ImageNet under the data root (DESIGN.md §3
-lists the accepted formats); this machine has none, so the table has not been run here.
+8 presets x seeds 0, 1, 2 = 24 runs. Needs mini-ImageNet under the data root
+(docs/data.md lists the accepted formats).
 
-Expected runtime (projected from timed short runs on random pixels of the real shapes:
-`python -m mamlpp.experiments.cost`, README "Runtime", experiments/cost_h200.jsonl):
-- smoke: about 1.5 GPU-hours on one H200 (about 4 minutes per run; projected with the 10-epoch
-  smoke scale x 1.5); not timed on the CPU.
-- paper: about 85 H200 GPU-hours (3.5-3.8 hours per run; the MAML and 1-4-step rows are
-  timed as the 5-step MAML++ row, so this is an upper bound), about 11 hours on 8 GPUs.
+Runtime: docs/runtimes.md (generated from mamlpp/experiments/cost_*.jsonl by
+`python -m mamlpp.experiments.cost docs`), per row and for the table, smoke and paper scale.
 
 Command:
     make table2 SCALE=smoke             # = mamlpp sweep run table2 --scale smoke --jobs auto --runs-dir runs/smoke

@@ -3,11 +3,10 @@
 An outer iteration allocates and frees hundreds of activation tensors of 1-30 MB. With glibc's
 defaults, memory freed at the top of the heap beyond the trim threshold, and blocks above the
 mmap threshold, go back to the operating system, so the next iteration faults the same pages in
-again: about 590k minor page faults and 1.8 s of system time in a 6-iteration `mamlpp bench`
-of Omniglot 5-way 1-shot on the 2-core CPU, against 250k and 0.7 s with the settings below
-(benchmarks/RESULTS.md). torch has no caching allocator for CPU tensors (its caching allocator
-is CUDA's), and jemalloc or tcmalloc would need LD_PRELOAD and a system package; glibc's own
-`mallopt` needs neither. The price: the process keeps its peak heap until it exits.
+again. The settings below keep them in the process (page faults, system time and the speed-up:
+benchmarks/RESULTS.md#cpu). torch has no caching allocator for CPU tensors (its caching
+allocator is CUDA's), and jemalloc or tcmalloc would need LD_PRELOAD and a system package;
+glibc's own `mallopt` needs neither. The price: the process keeps its peak heap until it exits.
 
 `MAMLPP_MALLOC=default` leaves glibc's settings alone (to measure the difference).
 """

@@ -2,22 +2,20 @@
 
 Tasks are independent until their meta-gradients are summed (batch norm's statistics are per
 task), so B tasks can run as 2 groups of B/2 tasks, each group still folded into one set of
-grouped convolutions, each on its own Python thread with half the intra-op threads (1 each on
-the 2-core CPU). There this beats one group spread over 2 intra-op threads: an iteration makes
-about 19,500 aten calls, most of them small, and during their dispatch (Python, autograd
-bookkeeping, OpenMP fork/join) the second core idles; with two groups the other thread
-computes meanwhile (torch's ops release the GIL). Omniglot 5-way 1-shot MAML++: 0.490 -> 0.443
-s per iteration, 1.16x; 20-way: 1.08x (`python benchmarks/ab_switch.py task_threads.ENABLED
-PRESET ROUNDS`, benchmarks/RESULTS.md).
+grouped convolutions, each on its own Python thread with a share of the intra-op threads (1
+each on 2 cores). An iteration is thousands of small aten calls; while one thread dispatches
+(Python, autograd bookkeeping, OpenMP fork/join) the other computes (torch's ops release the
+GIL), which one group spread over all intra-op threads cannot do. Results are combined in group
+order, so runs stay deterministic.
 
-Only where it was measured faster: on the CPU, and only while a group's largest activation fits
-a thread's malloc arena. glibc gives each thread its own arena of 64 MiB heaps and maps any
-bigger block afresh at every allocation (mamlpp.kernels.cpu_memory's settings cannot change that): with
-two groups, Omniglot 20-way 5-shot (first-stage output of 4 tasks x 100 images: 80 MB) took
-1.3 million page faults and 6.5-10.5 s per iteration against 6.0-6.4 s as one group, and
-mini-ImageNet's 84x84 tasks 0.5-1.8 million faults per iteration. A single arena for all threads
-would avoid them but made the groups slower than one group on Omniglot (0.95-0.98x). On CUDA one
-stream of large kernels is what is wanted.
+The rule: groups on the CPU only, and only while a group's largest activation stays below 48 MiB
+(`ARENA_BLOCK_LIMIT`), under the 64 MiB heaps of glibc's per-thread malloc arenas: glibc maps a
+bigger block afresh at every allocation, whatever `mamlpp.kernels.cpu_memory` sets, so larger
+groups page-fault on every iteration (Omniglot 20-way 5-shot and mini-ImageNet run as one
+group). One arena shared by all threads avoids the faults but loses the groups' gain. On CUDA
+one stream of large kernels is what is wanted. Evidence (speed-ups, page faults, the shared
+arena): benchmarks/RESULTS.md#cpu; the A/B: `python benchmarks/ab_switch.py task_threads PRESET
+ROUNDS`.
 """
 
 from __future__ import annotations
