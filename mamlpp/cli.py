@@ -34,7 +34,7 @@ def main() -> None:
     """
     from mamlpp.kernels.cpu_memory import keep_freed_memory
 
-    keep_freed_memory()  # 1.21x on the CPU (mamlpp/cpu_memory.py, benchmarks/RESULTS.md)
+    keep_freed_memory()  # mamlpp/kernels/cpu_memory.py; measured: benchmarks/RESULTS.md#cpu
 
 
 @main.command()
