@@ -227,7 +227,7 @@ def fold_images(x: Tensor, spec: NetSpec) -> FoldedImages:
 @dataclass(frozen=True)
 class Kernels:
     """The speed paths `forward_tasks` takes. Each computes what the plain path computes (up to
-    rounding; tests/test_kernels.py); `mamlpp.kernels.choose` picks them once per learner."""
+    rounding; tests/test_engine.py); `mamlpp.kernels.choose` picks them once per learner."""
 
     name: str = "plain"
     prepare: Callable[[Tensor, NetSpec], FoldedImages] = fold_images

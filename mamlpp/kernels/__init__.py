@@ -2,7 +2,7 @@
 
 The engine's model (`mamlpp.engine.model`) defines the plain paths and the `Kernels` interface;
 this package builds faster ones (`cpu`, `cuda`, `folded_bn` for both) and `choose` picks them.
-Every choice is exact against the plain path in float64 (tests/test_kernels.py). The CPU's
+Every choice is exact against the plain path in float64 (tests/test_engine.py). The CPU's
 task groups on threads (`task_threads`) and malloc settings (`cpu_memory`) live here too.
 
 `KernelOptions` turns each speed path off for A/B benchmarks (benchmarks/ab_switch.py); the

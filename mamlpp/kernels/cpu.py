@@ -2,7 +2,7 @@
 as a gather at the maxima found by max_pool2d's channels-last kernel, and an elementwise
 batch-norm kernel kept as a benchmarking alternative.
 
-Each is exact against the plain path in `mamlpp.engine.model` (tests/test_kernels.py); where
+Each is exact against the plain path in `mamlpp.engine.model` (tests/test_engine.py); where
 each is used and why: benchmarks/RESULTS.md#cpu.
 """
 
