@@ -111,7 +111,8 @@ def train(
     }
     from mamlpp.data import check_data
 
-    check_data(config, data_root)  # before anything is written: no stub run directory
+    if not run_dir.test_path.exists():  # a finished run only prints its result
+        check_data(config, data_root)  # before anything is written: no stub run directory
     run = start_run_directory(run_dir, config, info)
     click.echo(f"run directory: {run_dir.path}")
     try:
