@@ -64,9 +64,9 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 
     original = ensemble.ensemble_accuracies
 
-    def spy_accuracies(learners: Any, sampler: Any, chunks: Any) -> torch.Tensor:
+    def spy_accuracies(learners: Any, sampler: Any, chunks: Any, **kw: Any) -> torch.Tensor:
         seen["learners"].append(list(learners))
-        return original(learners, sampler, chunks)
+        return original(learners, sampler, chunks, **kw)
 
     monkeypatch.setattr(trainer, "default_episodes", lambda: spy_episodes)
     monkeypatch.setattr(ensemble, "ensemble_accuracies", spy_accuracies)

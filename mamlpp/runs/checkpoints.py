@@ -71,17 +71,17 @@ def load_latest(run_dir: RunDirectory) -> dict[str, Any]:
     """latest.pt, verified; a damaged one is a CorruptFileError with a fix that works: without
     latest.pt the run starts again from epoch 0 (`restore` drops the logs and checkpoints that
     no latest.pt vouches for)."""
+    fix = (
+        f"training cannot resume from it. Delete {run_dir.latest_path} and run the same command "
+        "again: the run restarts from epoch 0, discarding its logs and checkpoints"
+    )
     try:
         state = load_verified(run_dir.latest_path)
-        epoch, top_k, learner = state["epoch"], state["top_k"], state["learner"]
-        if not isinstance(epoch, int) or not isinstance(top_k, list) or not isinstance(learner, dict):
-            raise KeyError("epoch")
-    except (CorruptFileError, KeyError) as e:
-        reason = str(e) if isinstance(e, CorruptFileError) else f"{run_dir.latest_path} is not a mamlpp checkpoint"
-        raise CorruptFileError(
-            f"{reason}; training cannot resume from it. Delete {run_dir.latest_path} and run the "
-            "same command again: the run restarts from epoch 0, discarding its logs and checkpoints"
-        ) from None
+    except CorruptFileError as e:
+        raise CorruptFileError(f"{e}; {fix}") from None
+    fields = (state.get("epoch"), state.get("top_k"), state.get("learner"))
+    if not all(isinstance(v, t) for v, t in zip(fields, (int, list, dict), strict=True)):
+        raise CorruptFileError(f"{run_dir.latest_path} is not a mamlpp checkpoint; {fix}")
     return state
 
 
