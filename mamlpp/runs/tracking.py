@@ -319,8 +319,12 @@ class RunDirectory:
                 f"{self.path} is in use by {lock_holder(self.path) or 'another process'}; "
                 "wait for it to end (or stop it), then run the same command again"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        except OSError as e:
+            os.close(fd)
+            raise write_error(self.lock_path, e) from None
         _HELD_LOCKS[key] = fd
 
     def unlock(self) -> None:
