@@ -230,6 +230,99 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+# ---------------------------------------------------------------- ranges
+
+
+def _at_least(low: float) -> Any:
+    return (lambda v: v >= low), f"at least {low:g}"
+
+
+def _positive() -> Any:
+    return (lambda v: v > 0), "greater than 0"
+
+
+def _optional_positive() -> Any:
+    return (lambda v: v is None or v > 0), "greater than 0, or null (no clipping)"
+
+
+def _unit_interval(open_top: bool) -> Any:
+    if open_top:
+        return (lambda v: 0 <= v < 1), "in [0, 1)"
+    return (lambda v: 0 <= v <= 1), "in [0, 1]"
+
+
+RANGES: dict[str, tuple[Any, str]] = {
+    "data.n_way": ((lambda v: v >= 2), "at least 2 (one class makes every task trivially right)"),
+    "data.k_shot": _at_least(1),
+    "data.target_per_class": _at_least(1),
+    "model.filters": _at_least(1),
+    "model.stages": _at_least(1),
+    "inner.steps": _at_least(1),
+    "inner.eval_steps": _at_least(1),
+    "inner.lr": _positive(),
+    "inner.first_order_epochs": _at_least(0),
+    "bn.momentum": _unit_interval(open_top=False),
+    "outer.meta_batch_size": _at_least(1),
+    "outer.lr": _positive(),
+    "outer.min_lr": _at_least(0),
+    "outer.cosine_epochs": ((lambda v: v is None or v >= 1), "at least 1, or null (= epochs)"),
+    "outer.betas": ((lambda v: all(0 <= b < 1 for b in v)), "two values, each in [0, 1)"),
+    "outer.grad_clip": _optional_positive(),
+    "outer.msl_epochs": _at_least(1),
+    "schedule.epochs": _at_least(1),
+    "schedule.iterations_per_epoch": _at_least(1),
+    "schedule.val_tasks": _at_least(1),
+    "schedule.test_tasks": _at_least(1),
+    "schedule.ensemble_top_k": _at_least(1),
+    "schedule.eval_batch_size": ((lambda v: v >= 0), "at least 0 (0 = the meta-batch size)"),
+}
+"""The allowed range of every numeric config field: key -> (check, the range in words).
+`validate` applies it to every resolved config before anything is written."""
+
+
+def downsampled_side(side: int, stages: int, downsample: str) -> int:
+    """Image side after `stages` downsampling stages; the rule of `engine.model.NetSpec`
+    (stride 2: ceil(side/2); 2x2 pooling: floor(side/2)); tests/test_reliability.py checks they
+    agree."""
+    for _ in range(stages):
+        side = -(-side // 2) if downsample == "stride" else side // 2
+    return side
+
+
+def validate(config: Config) -> Config:
+    """Every field within its `RANGES` entry, and an image still at least 1 pixel after the
+    model's stages; ConfigError naming the key, the value and the allowed range otherwise."""
+    flat = {k: _get(config, k) for k in RANGES}
+    for key, (check, allowed) in RANGES.items():
+        if not check(flat[key]):
+            raise ConfigError(f"{key}={_spell_json(flat[key])} is out of range; it must be {allowed}")
+    if config.outer.min_lr > config.outer.lr:
+        raise ConfigError(
+            f"outer.min_lr={config.outer.min_lr:g} is out of range; it must be at most "
+            f"outer.lr={config.outer.lr:g}"
+        )
+    m = config.model
+    if downsampled_side(config.image_size, m.stages, m.downsample) < 1:
+        most = max(s for s in range(1, 32) if downsampled_side(config.image_size, s, m.downsample) >= 1)
+        raise ConfigError(
+            f"model.stages={m.stages} is out of range; it must be at most {most} for "
+            f"{config.image_size}x{config.image_size} {config.data.dataset} images with "
+            f"{m.downsample} downsampling (more stages shrink the image to nothing)"
+        )
+    return config
+
+
+def _get(config: Config, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _spell_json(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
 # ---------------------------------------------------------------- overrides
 
 

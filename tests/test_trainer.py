@@ -64,9 +64,9 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 
     original = ensemble.ensemble_accuracies
 
-    def spy_accuracies(learners: Any, sampler: Any, chunks: Any) -> torch.Tensor:
+    def spy_accuracies(learners: Any, sampler: Any, chunks: Any, **kw: Any) -> torch.Tensor:
         seen["learners"].append(list(learners))
-        return original(learners, sampler, chunks)
+        return original(learners, sampler, chunks, **kw)
 
     monkeypatch.setattr(trainer, "default_episodes", lambda: spy_episodes)
     monkeypatch.setattr(ensemble, "ensemble_accuracies", spy_accuracies)
@@ -195,7 +195,7 @@ def test_rerun_with_a_different_config_in_the_same_folder_is_refused(tmp_path: P
         (["--preset", PRESET, "--set", "inner.stepz=3"], "unknown config key 'inner.stepz'"),
         (["--preset", PRESET, "--set", "inner.steps"], "must look like key=value"),
         (["--preset", PRESET, "--set", "inner.steps=three"], "inner.steps needs an integer"),
-        (["--preset", PRESET, "--set", "schedule.val_tasks=0"], "schedule.val_tasks=0 must be at"),
+        (["--preset", PRESET, "--set", "schedule.val_tasks=0"], "schedule.val_tasks=0 is out of range; it must be at least 1"),
     ],
 )
 def test_bad_cli_input_gives_one_clear_line(extra: list[str], message: str, tmp_path: Path) -> None:
@@ -210,7 +210,7 @@ def test_unwritable_runs_dir_gives_one_clear_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     runs = str(blocker / "runs")  # a folder below a file can never be created
-    args = ["train", "--preset", PRESET, "--seed", "0", "--runs-dir", runs, "--wandb", "off"]
+    args = ["train", "--preset", PRESET, "--seed", "0", "--runs-dir", runs, "--wandb", "off", "--set", "data.dataset=synthetic"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert result.output.startswith("error: cannot write the run directory")

@@ -21,7 +21,7 @@ from mamlpp.data.episodes import EpisodeSampler, ToFloat
 from mamlpp.data.paths import resolve_data_root
 from mamlpp.errors import DataError
 
-__all__ = ["EpisodeSampler", "load_splits", "make_episodes", "resolve_data_root"]
+__all__ = ["EpisodeSampler", "check_data", "load_splits", "make_episodes", "resolve_data_root"]
 
 Split = Literal["train", "val", "test"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,6 +93,15 @@ def check_task_shape(config: Config, split: str, images: SplitImages) -> None:
             f"{images.counts[smallest]} images, fewer than data.k_shot + data.target_per_class = "
             f"{per_class}; lower data.k_shot or data.target_per_class"
         )
+
+
+def check_data(config: Config, data_root: str | Path | None = None) -> None:
+    """Whether the config's dataset is there (its cache built when missing, checksums verified)
+    and every split fits the task shape; DataError naming the fix otherwise. `mamlpp train` asks
+    this before it creates the run directory."""
+    sets = load_splits(config.data.dataset, data_root)
+    for split in ("train", "val", "test"):
+        check_task_shape(config, split, sets[split])
 
 
 def make_episodes(

@@ -1,7 +1,9 @@
 """Preprocessed images per split, and their on-disk cache.
 
 A cache is one folder `<cache root>/<dataset>-<key>/` holding `<split>.npy` (uint8 images
-[n, C, H, W], each class's images contiguous) and `meta.json` (class names and counts). The key is
+[n, C, H, W], each class's images contiguous) and `meta.json` (class names, counts and each
+.npy file's sha256, verified on every load: a damaged file is refused with the rebuild command,
+never trained on). The key is
 a hash of the source files' content, so a changed source gets a new cache. The folder is built
 under a temporary name and renamed into place when complete, so an interrupted build leaves
 nothing that a later run would trust.
@@ -121,14 +123,31 @@ def load_cache(dataset: str, key: str) -> ImageSets | None:
             f"{meta.get('format')}, source {meta.get('source_key')}; expected format "
             f"{CACHE_FORMAT}, source {key}); {fix}"
         )
-    return {split: _load_split(folder, split, meta["splits"][split], fix) for split in SPLITS}
+    sums = meta.get("sha256", {})  # caches written before checksums have none
+    return {
+        split: _load_split(folder, split, meta["splits"][split], fix, sums.get(split))
+        for split in SPLITS
+    }
 
 
-def _load_split(folder: Path, split: str, meta: dict, fix: str) -> SplitImages:
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_split(folder: Path, split: str, meta: dict, fix: str, sha256: str | None) -> SplitImages:
+    path = folder / f"{split}.npy"
     try:
-        images = np.load(folder / f"{split}.npy", mmap_mode="r")
-    except (OSError, ValueError) as e:
-        raise DataError(f"cache file {folder / split}.npy is unreadable ({e}); {fix}") from None
+        if sha256 is not None and file_sha256(path) != sha256:
+            raise DataError(f"cache file {path} fails its checksum (the file was damaged); {fix}")
+        images = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
+        raise DataError(
+            f"cache file {path} is unreadable ({type(e).__name__}: {e}); {fix}"
+        ) from None
     counts = meta["counts"]
     if images.ndim != 4 or images.shape[0] != sum(counts) or images.dtype != np.uint8:
         raise DataError(f"cache file {folder / split}.npy does not match meta.json; {fix}")
@@ -154,6 +173,7 @@ def write_cache(dataset: str, key: str, sets: ImageSets, source: str) -> Path:
                 s: {"classes": list(sets[s].class_names), "counts": sets[s].counts.tolist()}
                 for s in SPLITS
             },
+            "sha256": {s: file_sha256(tmp / f"{s}.npy") for s in SPLITS},
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:

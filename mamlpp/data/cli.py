@@ -37,7 +37,7 @@ def _echo_counts(counts: dict[str, list[int]]) -> None:
         click.echo(f"  {split:<5}  {len(c):>5} classes  {_per_class(c):>7} images per class")
 
 
-def _omniglot_check(root: str | None) -> None:
+def _omniglot_check(root: str | None, decode: bool) -> None:
     from mamlpp.data import omniglot
 
     sources = omniglot.find_source(root)
@@ -46,10 +46,20 @@ def _omniglot_check(root: str | None) -> None:
     split = omniglot.class_split(list(counts))
     click.echo(f"omniglot: {', '.join(str(s) for s in sources)}")
     _echo_counts({s: [counts[c] for c in names] for s, names in split.items()})
+    if decode:
+        omniglot.build(sources)  # DataError naming the first image that does not decode
+    _echo_decoded(decode)
     _echo_cache(cache_dir("omniglot", omniglot.source_key(sources)))
 
 
-def _miniimagenet_check(root: str | None) -> None:
+def _echo_decoded(decode: bool) -> None:
+    if decode:
+        click.echo("images: every image decoded")
+    else:
+        click.echo("images: counted, not decoded; add --decode to decode every image")
+
+
+def _miniimagenet_check(root: str | None, decode: bool) -> None:
     from mamlpp.data import miniimagenet
 
     folder, fmt, counts = miniimagenet.count_classes(root)
@@ -60,6 +70,9 @@ def _miniimagenet_check(root: str | None) -> None:
     _echo_counts({s: list(counts[s].values()) for s in SPLITS})
     if [len(counts[s]) for s in SPLITS] != [64, 16, 20] or {n for c in counts.values() for n in c.values()} != {600}:
         click.echo("  note: the paper's mini-ImageNet has 64/16/20 classes of 600 images each")
+    if decode:
+        miniimagenet.decode(folder, fmt)
+    _echo_decoded(decode)
     _echo_cache(cache_dir("miniimagenet", miniimagenet.source_key(folder, fmt)))
 
 
@@ -74,14 +87,16 @@ def _echo_cache(folder: Path) -> None:
 @data.command()
 @click.argument("dataset", type=DATASETS)
 @click.option("--root", "--data-root", "root", default=None, help=ROOT_HELP)
-def check(dataset: str, root: str | None) -> None:
-    """Print classes per split, images per class and the cache location (no decoding).
+@click.option("--decode", is_flag=True, help="Also decode every image (a corrupt file is named).")
+def check(dataset: str, root: str | None, decode: bool) -> None:
+    """Print classes per split, images per class and the cache location (images decoded only
+    with --decode).
 
     \b
     Example:
-      mamlpp data check omniglot --root /path/to/data
+      mamlpp data check omniglot --root /path/to/data --decode
     """
-    (_omniglot_check if dataset == "omniglot" else _miniimagenet_check)(root)
+    (_omniglot_check if dataset == "omniglot" else _miniimagenet_check)(root, decode)
 
 
 @data.command()

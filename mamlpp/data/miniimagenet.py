@@ -158,11 +158,12 @@ def source_key(folder: Path, fmt: str) -> str:
     return content_key(_source_files(folder, fmt), folder, salt=f"miniimagenet-{fmt}")
 
 
+def decode(folder: Path, fmt: str) -> ImageSets:
+    """Every image of the source decoded (DataError naming a file that does not decode)."""
+    return _decode_pickles(folder) if fmt == "pickle" else _decode_files(_listing(folder, fmt))
+
+
 def load(root: str | Path | None, rebuild: bool = False) -> tuple[ImageSets, Path]:
     folder, fmt = find_source(root)
     key = source_key(folder, fmt)
-
-    def build() -> ImageSets:
-        return _decode_pickles(folder) if fmt == "pickle" else _decode_files(_listing(folder, fmt))
-
-    return load_or_build("miniimagenet", key, build, f"{folder} ({fmt})", rebuild)
+    return load_or_build("miniimagenet", key, lambda: decode(folder, fmt), f"{folder} ({fmt})", rebuild)

@@ -85,6 +85,19 @@ class Sweep:
         return holds_another_config(RunDirectory(self.run_dir(point)), config)
 
 
+def held_by_others(sweep: Sweep, points: list[GridPoint]) -> dict[GridPoint, str]:
+    """The points whose run another process holds the lock of (`RunDirectory.lock`), with what
+    its lock file says about the holder."""
+    from mamlpp.runs.tracking import RunDirectory, lock_holder
+
+    held = {}
+    for point in points:
+        path = sweep.run_dir(point)
+        if RunDirectory(path).locked_by_other():
+            held[point] = lock_holder(path) or "holder unknown"
+    return held
+
+
 def is_finished(run_dir: Path) -> bool:
     """A run is finished iff its ``test.json`` exists (docs/run-directory.md)."""
     return (run_dir / "test.json").is_file()
@@ -279,8 +292,12 @@ def run_sweep(sweep: Sweep, jobs: str, device: str | None, dry_run: bool) -> Non
         f"{sweep.runs_dir}: {len(finished)} finished, {len(unfinished)} unfinished (resume), "
         f"{len(missing)} missing."
     )
+    held = held_by_others(sweep, unfinished)
+    for point, holder in held.items():
+        click.echo(f"Skipping {sweep.run_dir(point).name}: another process trains it ({holder}).")
+    todo = [p for p in todo if p not in held]
     if not todo:
-        click.echo("Nothing to train.")
+        click.echo("Nothing to train." + (" (the held runs excepted)" if held else ""))
         return
     prefix = train_command_prefix()
     if dry_run:
@@ -347,6 +364,12 @@ def run_sweep(sweep: Sweep, jobs: str, device: str | None, dry_run: bool) -> Non
             f"{len(failed)} of {len(todo)} runs did not finish: {lines}. Fix the cause and run "
             "the same command again: finished runs are skipped, unfinished ones resume"
         )
+    if held:
+        click.echo(
+            f"{len(held)} run(s) were left to the other process(es) training them; run the same "
+            "command again once they end to check that every run finished."
+        )
+        return
     click.echo(f"All {len(sweep.points)} runs of {sweep.experiment.name} are finished.")
 
 

@@ -3,7 +3,8 @@ and the crash-safe order in which an epoch's files are written.
 
 ``latest.pt`` holds the learner's whole state (meta-parameters, Adam, BN running statistics),
 the epoch and the top-k bookkeeping; ``checkpoints/epoch_<E>.pt`` holds the learner state of a
-top-k epoch (what the test ensemble loads). Every write is atomic (`tracking.atomic_torch_save`).
+top-k epoch (what the test ensemble loads). Every write is atomic and carries a content checksum
+that every load verifies (`tracking.atomic_torch_save`, `tracking.load_verified`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mamlpp.config import Config
 from mamlpp.engine.learner import MetaLearner
-from mamlpp.runs.tracking import RunDirectory, RunDirectoryError, atomic_torch_save
+from mamlpp.runs.tracking import (
+    CorruptFileError,
+    RunDirectory,
+    RunDirectoryError,
+    atomic_torch_save,
+    load_verified,
+)
 
 CHECKPOINT_FORMAT = 1
 
@@ -58,12 +63,26 @@ def save_latest(run_dir: RunDirectory, learner: MetaLearner, epoch: int, top_k: 
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint, its checksum verified; CorruptFileError otherwise (`load_verified`)."""
+    return load_verified(path)
+
+
+def load_latest(run_dir: RunDirectory) -> dict[str, Any]:
+    """latest.pt, verified; a damaged one is a CorruptFileError with a fix that works: without
+    latest.pt the run starts again from epoch 0 (`restore` drops the logs and checkpoints that
+    no latest.pt vouches for)."""
+    fix = (
+        f"training cannot resume from it. Delete {run_dir.latest_path} and run the same command "
+        "again: the run restarts from epoch 0, discarding its logs and checkpoints"
+    )
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise RunDirectoryError(
-            f"cannot read checkpoint {path} ({e}); delete it to start over"
-        ) from None
+        state = load_verified(run_dir.latest_path)
+    except CorruptFileError as e:
+        raise CorruptFileError(f"{e}; {fix}") from None
+    fields = (state.get("epoch"), state.get("top_k"), state.get("learner"))
+    if not all(isinstance(v, t) for v, t in zip(fields, (int, list, dict), strict=True)):
+        raise CorruptFileError(f"{run_dir.latest_path} is not a mamlpp checkpoint; {fix}")
+    return state
 
 
 def load_learner_state(learner: MetaLearner, state: dict[str, Any], path: Path) -> None:
@@ -80,7 +99,7 @@ def restore(run_dir: RunDirectory, learner: MetaLearner, config: Config) -> tupl
     files of epochs after the last completed one (the epoch in flight when killed) are dropped."""
     top_k, next_epoch = TopK(config.schedule.ensemble_top_k), 0
     if run_dir.latest_path.exists():
-        state = load_checkpoint(run_dir.latest_path)
+        state = load_latest(run_dir)
         load_learner_state(learner, state["learner"], run_dir.latest_path)
         top_k = TopK.from_state(config.schedule.ensemble_top_k, state["top_k"])
         next_epoch = int(state["epoch"]) + 1

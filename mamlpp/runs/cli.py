@@ -3,13 +3,14 @@ a run's ensemble."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from mamlpp.runs.resolve import resolve_config, resolve_device, run_name, start_run_directory
 from mamlpp.runs.tracking import RunDirectory, resolve_wandb_mode
-from mamlpp.runs.trainer import RunOptions, test_existing_run, train_run
+from mamlpp.runs.trainer import RunOptions, RunStopped, test_existing_run, train_run
 
 _DATA_ROOT = click.option(
     "--data-root",
@@ -98,6 +99,7 @@ def train(
         wandb=resolve_wandb_mode(wandb_mode),
         progress=not no_progress,
         log=click.echo,
+        stop_on_signals=True,
     )
     info = {
         "name": name,
@@ -107,9 +109,19 @@ def train(
         "scale": scale,
         "device": options.device,
     }
+    from mamlpp.data import check_data
+
+    if not run_dir.test_path.exists():  # a finished run only prints its result
+        check_data(config, data_root)  # before anything is written: no stub run directory
     run = start_run_directory(run_dir, config, info)
     click.echo(f"run directory: {run_dir.path}")
-    result = train_run(config, run_dir, run, options)
+    try:
+        result = train_run(config, run_dir, run, options)
+    except RunStopped as e:
+        click.echo(e.message(), err=True)
+        sys.exit(e.exit_code)
+    finally:
+        run_dir.unlock()
     click.echo(format_result(result))
     click.echo(f"run directory: {run_dir.path}")
 

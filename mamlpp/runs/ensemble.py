@@ -7,7 +7,7 @@ accuracy is reported as mean, std and 95% confidence interval over the test task
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +17,47 @@ from mamlpp.config import Config
 from mamlpp.engine.learner import MetaLearner
 from mamlpp.errors import MamlppError
 from mamlpp.runs.checkpoints import load_checkpoint, load_learner_state
+from mamlpp.runs.tracking import CorruptFileError
 
 ENSEMBLE = "mean of class probabilities"
 
 
-def load_learners(config: Config, paths: Sequence[Path], device: str) -> list[MetaLearner]:
-    """One MetaLearner per checkpoint file."""
+def load_learners(
+    config: Config, paths: Sequence[Path], device: str
+) -> tuple[list[MetaLearner], dict[Path, str]]:
+    """One MetaLearner per checkpoint file that passes its checksum; returns them and, for each
+    file that does not (missing, unreadable, damaged), the reason it was left out. No valid
+    checkpoint at all is a MamlppError."""
     if not paths:
         raise MamlppError("no checkpoints to test; train at least one epoch first")
-    learners = []
+    learners, skipped = [], {}
     for path in paths:
+        try:
+            state = load_checkpoint(path)
+        except CorruptFileError as e:
+            skipped[path] = str(e)
+            continue
         learner = MetaLearner(config, device=device)
-        load_learner_state(learner, load_checkpoint(path), path)
+        load_learner_state(learner, state, path)
         learners.append(learner)
-    return learners
+    if not learners:
+        raise MamlppError(
+            f"none of the {len(paths)} top-k checkpoints can be used ({'; '.join(skipped.values())})"
+            "; the run's training has to be redone: delete its run directory and run the same "
+            "command again"
+        )
+    return learners, skipped
 
 
 def ensemble_accuracies(
-    learners: Sequence[MetaLearner], sampler: Any, chunks: Sequence[range]
-) -> torch.Tensor:
-    """[tasks] accuracy of the averaged class probabilities, task by task."""
+    learners: Sequence[MetaLearner], sampler: Any, chunks: Sequence[range],
+    between: Callable[[], None] = lambda: None,
+) -> torch.Tensor:  # fmt: skip
+    """[tasks] accuracy of the averaged class probabilities, task by task; `between` is called
+    before each chunk (a stop request raises there)."""
     out = []
     for chunk in chunks:
+        between()
         batch = sampler.batch(chunk)
         probs = torch.stack([learner.evaluate(batch).probs.double() for learner in learners]).mean(
             0

@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-from mamlpp.config import Config, ConfigError, apply_overrides, apply_scale, overrides_dict
+from mamlpp.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    apply_scale,
+    overrides_dict,
+    validate,
+)
 from mamlpp.errors import MamlppError
 from mamlpp.presets import get_preset
 from mamlpp.runs.tracking import RunDirectory, RunDirectoryError, git_commit, now_utc, versions
@@ -47,28 +54,15 @@ def resolve_config(preset: str, overrides: Sequence[str], seed: int, scale: str)
     """preset -> scale -> ``--set`` overrides -> seed."""
     config = apply_scale(get_preset(preset).config, scale)
     config = apply_overrides(config, list(overrides))
+    if "seed" in overrides_dict(list(overrides)):
+        raise ConfigError(f"--set seed=... is not allowed; use --seed (given: --seed {seed})")
     return check_schedule(replace(config, seed=seed))
 
 
 def check_schedule(config: Config) -> Config:
-    """The counts a run needs at least one of; ConfigError naming the key otherwise."""
-    s = config.schedule
-    counts = {
-        "schedule.epochs": s.epochs,
-        "schedule.iterations_per_epoch": s.iterations_per_epoch,
-        "schedule.val_tasks": s.val_tasks,
-        "schedule.test_tasks": s.test_tasks,
-        "schedule.ensemble_top_k": s.ensemble_top_k,
-        "outer.meta_batch_size": config.outer.meta_batch_size,
-    }
-    for key, value in counts.items():
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be at least 1")
-    if s.eval_batch_size < 0:
-        raise ConfigError(
-            f"schedule.eval_batch_size={s.eval_batch_size} must be 0 (= meta-batch) or more"
-        )
-    return config
+    """Every field in its allowed range (`mamlpp.config.validate`); ConfigError naming the key,
+    the value and the range otherwise."""
+    return validate(config)
 
 
 def resolve_device(choice: str) -> str:
@@ -104,8 +98,10 @@ def start_run_directory(
     run_dir: RunDirectory, config: Config, run: dict[str, Any]
 ) -> dict[str, Any]:
     """Write config.json for a new run; for an existing one check it holds this very config and
-    return its stored run info (the same command finds and continues its own run)."""
+    return its stored run info (the same command finds and continues its own run). Takes the
+    run's lock first (`RunDirectory.lock`): a run another process trains is refused."""
     run_dir.create()
+    run_dir.lock()
     if run_dir.config_path.exists():
         stored = run_dir.read_config()
         if _differs(stored, config):

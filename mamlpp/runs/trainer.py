@@ -11,9 +11,12 @@ validation accuracy each adapt to every test task and vote as an ensemble (`maml
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +24,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from mamlpp.config import Config
+from mamlpp.config import Config, ConfigError
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine import cuda_graph
 from mamlpp.engine.learner import MetaLearner
@@ -29,13 +32,69 @@ from mamlpp.errors import MamlppError
 from mamlpp.kernels import DEFAULT as DEFAULT_KERNELS
 from mamlpp.kernels import KernelOptions
 from mamlpp.runs import ensemble
-from mamlpp.runs.checkpoints import TopK, finish_epoch, load_checkpoint, restore
+from mamlpp.runs.checkpoints import TopK, finish_epoch, load_latest, restore
 from mamlpp.runs.resolve import check_schedule, train_seed
 from mamlpp.runs.tracking import RunDirectory, RunDirectoryError, WandbMirror, WandbMode
 
 
 class NonFiniteLossError(MamlppError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunStopped(Exception):  # noqa: N818 (a request, not a failure)
+    """SIGTERM or SIGINT stopped the run; every completed epoch is written, the epoch in flight
+    is abandoned, and the same command resumes exactly. `exit_code` is 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.completed_epochs = 0
+        self.total_epochs = 0
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def message(self) -> str:
+        return (
+            f"stopped by {signal.Signals(self.signum).name} at epoch {self.completed_epochs}/"
+            f"{self.total_epochs} (every completed epoch is saved); run the same command to resume"
+        )
+
+
+@dataclass
+class StopRequest:
+    """Set by the SIGTERM/SIGINT handler of `stop_on_signals`; `check` raises RunStopped at the
+    next safe point (between iterations, before writing an epoch, between test chunks)."""
+
+    signum: int | None = None
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise RunStopped(self.signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals(enabled: bool) -> Iterator[StopRequest]:
+    """While inside, SIGTERM and SIGINT ask the run to stop at its next safe point; a second
+    signal stops at once (atomic writes keep the files whole). The previous handlers are
+    restored afterwards. Outside the main thread (or not `enabled`) nothing is installed."""
+    request = StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if request.signum is not None:
+            raise RunStopped(signum)
+        request.signum = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class Sampler(Protocol):
@@ -73,10 +132,13 @@ class EpochMeans:
 
 
 def train_epoch(
-    train_step: Any, sampler: Sampler, config: Config, epoch: int, progress: bool
-) -> tuple[EpochMeans, list[dict[str, Any]]]:
+    train_step: Any, sampler: Sampler, config: Config, epoch: int, progress: bool,
+    stop: StopRequest | None = None,
+) -> tuple[EpochMeans, list[dict[str, Any]]]:  # fmt: skip
     """`iterations_per_epoch` outer updates by `train_step` (`cuda_graph.training_step`);
-    stops with NonFiniteLossError on a NaN/inf loss."""
+    stops with NonFiniteLossError on a NaN/inf loss, and with RunStopped before an iteration
+    when `stop` was requested."""
+    stop = stop or StopRequest()
     b, iters = config.outer.meta_batch_size, config.schedule.iterations_per_epoch
     means, rows = EpochMeans(), []
     bar = tqdm(
@@ -84,6 +146,9 @@ def train_epoch(
         unit="it", leave=False, disable=not progress, dynamic_ncols=True,
     )  # fmt: skip
     for i in bar:
+        if stop.signum is not None:
+            bar.close()
+            stop.check()
         t = epoch * iters + i
         step = train_step(sampler.batch(range(t * b, (t + 1) * b)), epoch)
         if not math.isfinite(step.loss):
@@ -179,6 +244,8 @@ class RunOptions:
     """Which speed paths the learner may use (all; fewer for A/B benchmarks and tests)."""
     log: Callable[[str], None] = tqdm.write
     """Where the one-line epoch summaries and notes go."""
+    stop_on_signals: bool = False
+    """SIGTERM/SIGINT stop the run cleanly (RunStopped) instead of killing it (`mamlpp train`)."""
 
 
 def default_episodes() -> EpisodeFactory:
@@ -199,10 +266,10 @@ def open_mirror(
 
 def run_epoch(
     learner: MetaLearner, train_step: Any, train: Sampler, val: Sampler, config: Config, epoch: int,
-    run_dir: RunDirectory, top_k: TopK, progress: bool,
+    run_dir: RunDirectory, top_k: TopK, progress: bool, stop: StopRequest | None = None,
 ) -> tuple[dict[str, Any], bool]:  # fmt: skip
     start = time.perf_counter()
-    means, iterations = train_epoch(train_step, train, config, epoch, progress)
+    means, iterations = train_epoch(train_step, train, config, epoch, progress, stop)
     train_seconds = time.perf_counter() - start
     val_result = validate(learner, val, config)
     seconds = time.perf_counter() - start
@@ -236,19 +303,30 @@ def train_run(
     mirror = open_mirror(run_dir, config, run, options.wandb)
     options.log(schedule_line(config, options.device))
     seconds: list[float] = []
+    completed = next_epoch
     try:
-        for epoch in range(next_epoch, config.schedule.epochs):
-            row, kept = run_epoch(
-                learner, train_step, train, val, config, epoch, run_dir, top_k, options.progress
+        with stop_on_signals(options.stop_on_signals) as stop:
+            for epoch in range(next_epoch, config.schedule.epochs):
+                row, kept = run_epoch(
+                    learner, train_step, train, val, config, epoch, run_dir, top_k,
+                    options.progress, stop,
+                )  # fmt: skip
+                completed = epoch + 1
+                mirror.log_epoch(row, learner.lslr_rates())
+                seconds.append(row["time/epoch_s"])
+                left = remaining_line(seconds, config.schedule.epochs - epoch - 1)
+                options.log(summary_line(row, config.schedule.epochs, kept) + left)
+                stop.check()
+            result = test_run(
+                config, run_dir, top_k.epochs, options, episodes, write=True, stop=stop
             )
-            mirror.log_epoch(row, learner.lslr_rates())
-            seconds.append(row["time/epoch_s"])
-            left = remaining_line(seconds, config.schedule.epochs - epoch - 1)
-            options.log(summary_line(row, config.schedule.epochs, kept) + left)
-        result = test_run(config, run_dir, top_k.epochs, options, episodes, write=True)
         mirror.log_summary(
             {f"test/{k}": v for k, v in result.items() if k in ("accuracy", "ci95", "std")}
         )
+    except RunStopped as e:
+        e.completed_epochs, e.total_epochs = completed, config.schedule.epochs
+        mirror.finish(exit_code=e.exit_code, preempted=e.signum == signal.SIGTERM)
+        raise
     except BaseException:
         mirror.finish(exit_code=1)
         raise
@@ -258,21 +336,30 @@ def train_run(
 
 def test_run(
     config: Config, run_dir: RunDirectory, epochs: Sequence[int], options: RunOptions,
-    episodes: EpisodeFactory | None = None, write: bool = True,
+    episodes: EpisodeFactory | None = None, write: bool = True, stop: StopRequest | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Score the ensemble of the given epochs' checkpoints on `test_tasks` test tasks."""
+    """Score the ensemble of the given epochs' checkpoints on `test_tasks` test tasks. A
+    checkpoint that fails its checksum is left out (named in the log and under
+    ``skipped_checkpoints`` in the result); ``checkpoint_epochs`` lists the ones used."""
     episodes = episodes or default_episodes()
-    learners = ensemble.load_learners(
-        config, [run_dir.epoch_checkpoint(e) for e in epochs], options.device
-    )
+    paths = {run_dir.epoch_checkpoint(e): e for e in epochs}
+    learners, skipped = ensemble.load_learners(config, list(paths), options.device)
+    for path, reason in skipped.items():
+        options.log(f"warning: {reason}; the ensemble leaves epoch {paths[path]} out")
+    used = [e for p, e in paths.items() if p not in skipped]
     sampler = episodes(config, "test", data_root=options.data_root, seed=config.data.test_seed)
     chunks = evaluation_chunks(config, config.schedule.test_tasks)
-    result = {
-        **ensemble.summarise(ensemble.ensemble_accuracies(learners, sampler, chunks)),
-        "checkpoint_epochs": list(epochs),
+    accuracies = ensemble.ensemble_accuracies(
+        learners, sampler, chunks, between=(stop or StopRequest()).check
+    )
+    result: dict[str, Any] = {
+        **ensemble.summarise(accuracies),
+        "checkpoint_epochs": used,
         "ensemble": ensemble.ENSEMBLE,
         "test_seed": config.data.test_seed,
     }
+    if skipped:
+        result["skipped_checkpoints"] = {str(paths[p]): r for p, r in skipped.items()}
     if write:
         run_dir.write_test(result)
     return result
@@ -282,10 +369,17 @@ def test_existing_run(path: Path | str, options: RunOptions) -> tuple[dict[str, 
     """`mamlpp test RUN_DIR`: rescore a run's current top-k checkpoints. Returns (result,
     whether the run finished training); test.json is (re)written only for a finished run."""
     run_dir = RunDirectory(path)
-    config = Config.from_dict(run_dir.read_config()["config"])
+    stored = run_dir.read_config()["config"]
+    try:
+        config = Config.from_dict(stored)
+    except ConfigError as e:
+        raise RunDirectoryError(
+            f"{run_dir.config_path} does not hold a mamlpp config ({e}); pass the folder that "
+            "`mamlpp train` printed"
+        ) from None
     if not run_dir.latest_path.exists():
         raise RunDirectoryError(f"{run_dir.path} has no checkpoints yet; train at least one epoch")
-    state = load_checkpoint(run_dir.latest_path)
+    state = load_latest(run_dir)
     top_k = TopK.from_state(config.schedule.ensemble_top_k, state["top_k"])
     done = int(state["epoch"]) + 1 >= config.schedule.epochs
     return test_run(config, run_dir, top_k.epochs, options, write=done), done
