@@ -110,3 +110,14 @@ def test_rotated_and_normalised_sources_live_on_the_requested_device(tmp_path: P
         TO_FLOAT["omniglot"], device="meta",
     )  # fmt: skip
     assert rotating._source.device.type == "meta" and len(rotating._source) == 4 * 6 * 4
+
+
+def test_ranking_below_a_threshold_equals_a_full_ranking() -> None:
+    from mamlpp.data.episodes import _smallest_in_order, _smallest_per_row
+
+    u = np.random.default_rng(0).random((50, 964))
+    for n in (1, 5, 20):
+        assert np.array_equal(_smallest_per_row(u, n), _smallest_in_order(u, n))
+    u[7, u[7] < 0.5] += 0.5  # a row with no small entries: the whole batch is ranked in full
+    assert np.array_equal(_smallest_per_row(u, 5), _smallest_in_order(u, 5))
+    assert np.array_equal(_smallest_per_row(u[:, :40], 5), _smallest_in_order(u[:, :40], 5))
