@@ -49,10 +49,19 @@ def test_omniglot_batches_equal_the_host_samplers(shared_data_root: Path, n_way:
     _check_against_host(config, shared_data_root)
 
 
-def test_miniimagenet_batches_equal_the_host_samplers(tmp_path: Path) -> None:
+def _miniimagenet_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generated mini-ImageNet fixture under tmp_path, cached in a cache of its own (other
+    tests look for the fixture's cache by its source path in the session's cache)."""
     from tests.test_data_miniimagenet import fixture_images, write_format
 
+    monkeypatch.setenv("MAMLPP_CACHE", str(tmp_path / "cache"))
     write_format(tmp_path / "miniimagenet", "pickle", fixture_images())
+
+
+def test_miniimagenet_batches_equal_the_host_samplers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _miniimagenet_fixture(tmp_path, monkeypatch)
     _check_against_host(_config("miniimagenet", n_way=3, k_shot=1, target_per_class=3), tmp_path)
 
 
@@ -98,10 +107,10 @@ def test_images_and_batches_live_on_the_requested_device() -> None:
     assert [t.shape for t in batch] == [t.shape for t in cpu.batch(range(4))]
 
 
-def test_rotated_and_normalised_sources_live_on_the_requested_device(tmp_path: Path) -> None:
-    from tests.test_data_miniimagenet import fixture_images, write_format
-
-    write_format(tmp_path / "miniimagenet", "pickle", fixture_images())
+def test_rotated_and_normalised_sources_live_on_the_requested_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _miniimagenet_fixture(tmp_path, monkeypatch)
     config = _config("miniimagenet", n_way=3, k_shot=1, target_per_class=3)
     batch = make_episodes(config, "val", tmp_path, device="meta").batch([0, 1])
     assert all(t.device.type == "meta" for t in batch) and batch.support_x.dtype == torch.float32
