@@ -1,13 +1,19 @@
-"""Episodes per second from the cache on one CPU core (a benchmark, not a test).
+"""Sampling cost on one CPU core: the device sampler against the host sampler it replaced (a
+benchmark, not a test).
 
-    .venv/bin/python benchmarks/bench_data.py [--data-root /path/to/data] [--seconds 3]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_data.py [--data-root /path/to/data] [--seconds 3]
 
-Omniglot 20-way 1-shot (1 target per class) uses the real Omniglot from the data root, meta-batches
-of 8 as in training. mini-ImageNet 5-way 5-shot with 15 targets uses generated images (64 training
-classes x 100 images of 3x84x84; the cost per episode does not depend on the images per class)
-written to and read back from a temporary cache, meta-batches of 2 as in training.
-Target: >= 2000 Omniglot episodes/s, so sampling stays under 5% of an outer step. Measured:
-benchmarks/RESULTS.md#cpu.
+Each row times meta-batches of the given tasks from the cache, with the host sampler
+(tests/support/host_sampler.py: episodes planned one at a time, numpy gathers) and with
+`make_episodes(..., device="cpu")` (episodes of a batch planned at once, one torch gather and one
+float conversion); both give the same tasks bit for bit (tests/test_data_device.py). Omniglot
+rows use the real Omniglot under the data root (--data-root, else $MAMLPP_DATA, else ./data):
+training batches of 8 tasks (rotated classes), and a 600-task validation pass in chunks of 8 (the
+default schedule.eval_batch_size) or as one batch of 600. mini-ImageNet 5-way 5-shot with 15
+targets uses generated images (64 training classes x 100 images of 3x84x84; the cost per episode
+does not depend on the images per class) written to and read back from a temporary cache, batches
+of 2 as in training. Times are CPU seconds of this process per batch (fairer than wall time on a
+shared machine: they do not count time other processes ran). On a GPU: benchmarks/gpu_data.py.
 """
 
 from __future__ import annotations
@@ -16,39 +22,58 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mamlpp.config import Config, DataConfig
-from mamlpp.data import make_episodes
+from mamlpp.data import TO_FLOAT, make_episodes, resolve_data_root
+from mamlpp.data.batch import TaskBatch
 from mamlpp.data.cache import SplitImages, load_cache, write_cache
 from mamlpp.data.episodes import EpisodeSampler
+from tests.support.host_sampler import HostSampler
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+Batches = Callable[[Sequence[int]], TaskBatch]
 
 
-def episodes_per_second(sampler: EpisodeSampler, batch_size: int, seconds: float) -> tuple[float, float]:
-    """(episodes per wall-clock second, episodes per CPU second of this process). On a shared
-    machine the CPU-time rate is the fairer number: it does not count time other processes ran."""
-    sampler.batch(range(batch_size))  # warm up (page cache, allocator)
-    done, t = 0, 0
+def ms_per_call(batch: Batches, chunks: list[range], seconds: float) -> tuple[float, float]:
+    """(CPU ms, wall ms) per pass over `chunks`, repeated for at least `seconds` of wall time."""
+    for chunk in chunks[:2]:
+        batch(chunk)  # warm up (page cache, allocator)
+    passes = 0
     wall, cpu = time.perf_counter(), time.process_time()
-    while time.perf_counter() - wall < seconds:
-        sampler.batch(range(t * batch_size, (t + 1) * batch_size))
-        done, t = done + batch_size, t + 1
-    return done / (time.perf_counter() - wall), done / (time.process_time() - cpu)
+    while passes == 0 or time.perf_counter() - wall < seconds:
+        for chunk in chunks:
+            batch(chunk)
+        passes += 1
+    return (
+        (time.process_time() - cpu) * 1e3 / passes,
+        (time.perf_counter() - wall) * 1e3 / passes,
+    )
 
 
-def report(label: str, rates: tuple[float, float]) -> None:
-    wall, cpu = rates
-    print(f"{label:<58} {wall:7.0f} episodes/s wall, {cpu:7.0f} per CPU-second ({1e6 / cpu:6.0f} us)")
+def compare(
+    label: str, sampler: EpisodeSampler, dataset: str, chunks: list[range], seconds: float,
+    per_batch: bool = True,
+) -> None:  # fmt: skip
+    """One row: CPU ms per batch (per_batch) or per pass over all chunks, host vs device."""
+    host = HostSampler(sampler, dataset)
+    old = ms_per_call(host.batch, chunks, seconds)
+    new = ms_per_call(sampler.batch, chunks, seconds)
+    per = len(chunks) if per_batch else 1
+    tasks = sum(len(c) for c in chunks)
+    print(
+        f"{label:<53} {'batch' if per_batch else 'pass':>5}: host {old[0] / per:7.2f} ms, "
+        f"device(cpu) {new[0] / per:7.2f} ms, x{old[0] / new[0]:4.2f} ({1e3 * new[0] / tasks:4.0f} "
+        f"us/task; wall {old[1] / per:.2f} -> {new[1] / per:.2f} ms)"
+    )
 
 
-def omniglot_sampler(data_root: Path) -> EpisodeSampler:
-    cfg = Config(data=DataConfig(dataset="omniglot", n_way=20, k_shot=1, target_per_class=1))
-    return make_episodes(cfg, "train", data_root)
+def omniglot(data_root: Path, n_way: int, split: str) -> EpisodeSampler:
+    cfg = Config(data=DataConfig(dataset="omniglot", n_way=n_way, k_shot=1, target_per_class=1))
+    return make_episodes(cfg, split, data_root)  # type: ignore[arg-type]
 
 
 def miniimagenet_sampler(tmp: Path) -> EpisodeSampler:
@@ -64,25 +89,32 @@ def miniimagenet_sampler(tmp: Path) -> EpisodeSampler:
     write_cache("miniimagenet", "bench", sets, "generated")
     cached = load_cache("miniimagenet", "bench")
     assert cached is not None
-    cfg = Config(data=DataConfig(dataset="miniimagenet", n_way=5, k_shot=5, target_per_class=15))
-    from mamlpp.data import TO_FLOAT
+    return EpisodeSampler(cached["train"], "train", 0, 5, 5, 15, False, TO_FLOAT["miniimagenet"])
 
-    return EpisodeSampler(cached["train"], "train", 0, 5, 5, 15, False, TO_FLOAT[cfg.data.dataset])
+
+def batches(size: int, count: int) -> list[range]:
+    return [range(t * size, (t + 1) * size) for t in range(count)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("MAMLPP_DATA", DEFAULT_ROOT)))
+    parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
+    root = resolve_data_root(args.data_root)
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, numpy {np.__version__}, 1 thread")
-    rates = episodes_per_second(omniglot_sampler(args.data_root), 8, args.seconds)
-    report("omniglot 20-way 1-shot, 1 target/class, batches of 8", rates)
+    print(f"torch {torch.__version__}, numpy {np.__version__}, 1 thread; CPU ms")
+    for n_way in (5, 20):
+        train = omniglot(root, n_way, "train")
+        compare(f"omniglot {n_way}-way 1-shot train, B=8", train, "omniglot", batches(8, 20), args.seconds)
+    val = omniglot(root, 5, "val")
+    for size in (8, 600):
+        label = f"omniglot 5-way 1-shot val, 600 tasks in batches of {size}"
+        compare(label, val, "omniglot", batches(size, 600 // size), args.seconds, per_batch=False)
     with tempfile.TemporaryDirectory() as tmp:
-        rates = episodes_per_second(miniimagenet_sampler(Path(tmp)), 2, args.seconds)
-    report("mini-imagenet 5-way 5-shot, 15 targets/class, batches of 2", rates)
-    print("target: >= 2000 omniglot episodes/s")
+        mini = miniimagenet_sampler(Path(tmp))
+        compare("mini-imagenet 5-way 5-shot 15 targets train, B=2", mini, "miniimagenet", batches(2, 20), args.seconds)
+
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,8 @@
     train = make_episodes(config, "train", data_root)
     batch = train.batch(range(t * B, (t + 1) * B))   # meta-batch t, a TaskBatch
 
+`make_episodes(..., device="cuda")` keeps the split's images on the GPU and returns batches there.
+
 The data root holds one folder per dataset (`omniglot/`, `miniimagenet/`); it comes from the
 `data_root` argument (--data-root), else $MAMLPP_DATA, else ./data. Preprocessed images are cached
 under $MAMLPP_CACHE (default ~/.cache/mamlpp), keyed by the source files' content.
@@ -10,6 +12,7 @@ under $MAMLPP_CACHE (default ~/.cache/mamlpp), keyed by the source files' conten
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -53,11 +56,19 @@ def _synthetic_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).mul_(1.0 / 255.0)
 
 
-def _imagenet_float(x: torch.Tensor) -> torch.Tensor:
-    """/255, then per-channel ImageNet mean/std (channels are dimension -3)."""
+@lru_cache(maxsize=None)
+def _imagenet_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / (255 std), mean / std) [3, 1, 1], computed on the CPU (the same numbers for every
+    device) and moved to `device` once."""
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    return x.to(torch.float32).mul_(1.0 / (255.0 * std)).sub_(mean / std)
+    return (1.0 / (255.0 * std)).to(device), (mean / std).to(device)
+
+
+def _imagenet_float(x: torch.Tensor) -> torch.Tensor:
+    """/255, then per-channel ImageNet mean/std (channels are dimension -3), on x's device."""
+    scale, shift = _imagenet_constants(x.device)
+    return x.to(torch.float32).mul_(scale).sub_(shift)
 
 
 TO_FLOAT: dict[str, ToFloat] = {
@@ -109,10 +120,12 @@ def make_episodes(
     split: Split,
     data_root: str | Path | None = None,
     seed: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> EpisodeSampler:
-    """The episode sampler of one split. Seeds default to config.data.train_seed (else
-    config.seed), config.data.val_seed and config.data.test_seed. Only Omniglot's training split
-    rotates classes, and only when config.data.rotate_train_classes."""
+    """The episode sampler of one split, holding its images on `device` and giving batches
+    there. Seeds default to config.data.train_seed (else config.seed), config.data.val_seed and
+    config.data.test_seed. Only Omniglot's training split rotates classes, and only when
+    config.data.rotate_train_classes."""
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split {split!r}; choose train, val or test")
     d = config.data
@@ -127,4 +140,5 @@ def make_episodes(
         target_per_class=d.target_per_class,
         rotate=d.dataset == "omniglot" and split == "train" and d.rotate_train_classes,
         to_float=TO_FLOAT[d.dataset],
+        device=device,
     )

@@ -102,7 +102,8 @@ class Sampler(Protocol):
 
 
 EpisodeFactory = Callable[..., Sampler]
-"""``make_episodes(config, split, data_root=None, seed=None) -> Sampler``."""
+"""``make_episodes(config, split, data_root=None, seed=None, device="cpu") -> Sampler``; the
+trainer asks for samplers on the run's device, so no images are copied from the host per batch."""
 
 
 # ---------------------------------------------------------------------- one epoch
@@ -298,8 +299,9 @@ def train_run(
     train_step = cuda_graph.training_step(learner)  # after restore: it reads the optimizer state
     if next_epoch > 0:
         options.log(f"resuming {run_dir.path} after epoch {next_epoch - 1}")
-    train = episodes(config, "train", data_root=options.data_root, seed=train_seed(config))
-    val = episodes(config, "val", data_root=options.data_root, seed=config.data.val_seed)
+    root, device = options.data_root, options.device
+    train = episodes(config, "train", data_root=root, seed=train_seed(config), device=device)
+    val = episodes(config, "val", data_root=root, seed=config.data.val_seed, device=device)
     mirror = open_mirror(run_dir, config, run, options.wandb)
     options.log(schedule_line(config, options.device))
     seconds: list[float] = []
@@ -347,7 +349,10 @@ def test_run(
     for path, reason in skipped.items():
         options.log(f"warning: {reason}; the ensemble leaves epoch {paths[path]} out")
     used = [e for p, e in paths.items() if p not in skipped]
-    sampler = episodes(config, "test", data_root=options.data_root, seed=config.data.test_seed)
+    sampler = episodes(
+        config, "test", data_root=options.data_root, seed=config.data.test_seed,
+        device=options.device,
+    )  # fmt: skip
     chunks = evaluation_chunks(config, config.schedule.test_tasks)
     accuracies = ensemble.ensemble_accuracies(
         learners, sampler, chunks, between=(stop or StopRequest()).check
