@@ -246,6 +246,8 @@ def train_run(
             left = remaining_line(seconds, config.schedule.epochs - epoch - 1)
             options.log(summary_line(row, config.schedule.epochs, kept) + left)
         result = test_run(config, run_dir, top_k.epochs, options, episodes, write=True)
+        if config.inner.lslr:
+            mirror.log_lr_chart(run_dir.read_metrics(), str(run["name"]), config.seed)
         mirror.log_summary(
             {f"test/{k}": v for k, v in result.items() if k in ("accuracy", "ci95", "std")}
         )
