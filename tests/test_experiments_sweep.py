@@ -102,9 +102,7 @@ def test_runs_only_missing_runs_then_nothing(fake_train: Path, tmp_path: Path) -
     assert len(_calls(fake_train)) == 1  # the second invocation launched nothing
 
 
-def test_a_run_of_another_config_is_not_counted_as_finished(
-    fake_train: Path, tmp_path: Path
-) -> None:
+def test_a_run_of_another_config_is_not_counted_as_finished(fake_train: Path, tmp_path: Path) -> None:
     """A finished run trained before the code's defaults changed (here: the smoke scale had 10
     epochs) stops the sweep with a one-line error naming it, instead of entering its tables."""
     from mamlpp.runs.resolve import resolve_config
