@@ -177,3 +177,31 @@ def browser() -> Iterator[Browser]:
         yield b
     finally:
         close(b)
+
+
+def save_report_screenshot(index: Path, png: Path, height: int = 2200) -> Path:
+    """The top ``height`` pixels of a report index (1280 wide: header, tables and the first
+    preset's charts) as a 256-colour PNG, small enough to commit (``make screenshot``)."""
+    from PIL import Image
+
+    b = launch(height=height)
+    try:
+        open_file(b, index, wait_for="window.Plotly !== undefined", settle_ms=1500)
+        if console_errors(b):
+            raise RuntimeError(f"{index}: console errors {console_errors(b)}")
+        screenshot(b, png, full_page=False)
+    finally:
+        close(b)
+    Image.open(png).convert("RGB").quantize(colors=256).save(png, optimize=True)
+    return png
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m tests.support.browser_support REPORT/index.html OUT.png")
+    reason = skip_reason()
+    if reason:
+        sys.exit(f"no screenshot: {reason}")
+    print(f"wrote {save_report_screenshot(Path(sys.argv[1]), Path(sys.argv[2]))}")
