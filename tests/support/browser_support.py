@@ -1,10 +1,10 @@
 """Headless Chromium for tests, through Playwright, with the system's (Debian's) chromium.
 
-A drop-in for the hand-written DevTools client: Playwright drives the chromium found on PATH
-via ``executable_path`` (it never downloads a browser). Function-based API::
+Playwright drives the chromium found on PATH via ``executable_path`` (it never downloads a
+browser). Function-based API::
 
-    from browser_support import needs_browser, launch, open_file, console_errors, evaluate, \
-        click, screenshot, close
+    from tests.support.browser_support import needs_browser, launch, open_file, console_errors, \
+        evaluate, click, screenshot, close
 
     @needs_browser
     def test_page(tmp_path):
@@ -17,7 +17,8 @@ via ``executable_path`` (it never downloads a browser). Function-based API::
         finally:
             close(b)
 
-or use the ``browser`` fixture (``from browser_support import browser`` in a conftest/test module).
+``python -m tests.support.browser_support REPORT/index.html OUT.png`` saves a screenshot of a
+report index (``make screenshot``).
 
 Needs: ``pip install playwright`` (one wheel; bundles its node driver; depends only on greenlet)
 and a Chromium on PATH (``apt-get install chromium`` on Debian) or $MAMLPP_CHROMIUM. When
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,16 +167,6 @@ def close(b: Browser) -> None:
         b.browser.close()
     finally:
         b.playwright.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """A Browser for the tests of one module; skips them when there is no Chromium/Playwright."""
-    b = launch()
-    try:
-        yield b
-    finally:
-        close(b)
 
 
 def save_report_screenshot(index: Path, png: Path, height: int = 2200) -> Path:
