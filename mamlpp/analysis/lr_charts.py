@@ -80,14 +80,18 @@ def lr_charts(runs: list[Run]) -> list[tuple[str, str, str, str, go.Figure]]:
 
 
 def write_lr_charts(
-    runs: list[Run], out_dir: Path, plotlyjs: bool | str = True
+    runs: list[Run],
+    out_dir: Path,
+    plotlyjs: bool | str = True,
+    charts: list[tuple[str, str, str, str, go.Figure]] | None = None,
 ) -> list[tuple[str, Path]]:
     """One HTML chart per LSLR variant and scale: [(variant title, path)]. ``plotlyjs`` is
     plotly's ``include_plotlyjs``: True embeds plotly.js (a page that stands alone, about 4.8 MB),
-    a path ending in ``.js`` references one shared copy (what the report does)."""
+    a path ending in ``.js`` references one shared copy (what the report does). ``charts``:
+    :func:`lr_charts` of ``runs`` when the caller has it already."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for _, _, title, stem, fig in lr_charts(runs):
+    for _, _, title, stem, fig in lr_charts(runs) if charts is None else charts:
         path = out_dir / f"{stem}.html"
         fig.write_html(path, include_plotlyjs=plotlyjs, full_html=True, div_id=CHART_DIV_ID)
         written.append((title, path))

@@ -121,11 +121,12 @@ def build_report(
     runs_frame(runs).to_csv(out / "runs.csv", index=False)
     report.tables = write_tables(runs, out / "tables", command)
     (out / PLOTLY_JS).write_text(get_plotlyjs())
-    report.charts = write_lr_charts(runs, out / "charts", plotlyjs=f"../{PLOTLY_JS}")
+    built = lr_charts(runs)
+    report.charts = write_lr_charts(runs, out / "charts", f"../{PLOTLY_JS}", built)
     report.figures = write_figures(runs, out / "figures")
     charts = {
         (v, s): (title, f"{CHART_DIV_ID}-{_slug(stem[3:])}", fig)
-        for v, s, title, stem, fig in lr_charts(runs)
+        for v, s, title, stem, fig in built
     }
     report.sections = [
         Section(
