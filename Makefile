@@ -12,7 +12,7 @@ REPORTS ?= reports
 RUNS   ?= runs
 export MAMLPP_DATA ?= $(CURDIR)/data
 
-.PHONY: help setup demo test browser check lint typecheck bench table1 table2 figure2 report clean
+.PHONY: help setup demo test browser check lint typecheck bench table1 table2 figure2 report screenshot clean
 
 help:
 	@echo "make demo    set up .venv, train MAML++ on Omniglot 5-way 1-shot (smoke scale), test, report"
@@ -22,6 +22,7 @@ help:
 	@echo "make table1|table2|figure2 SCALE=smoke|paper JOBS=N|auto [SEEDS='0 1 2'] [ROWS=preset...] [SET=key=value...]"
 	@echo "            train the missing runs of a paper experiment (JOBS=auto: one per GPU), then its report"
 	@echo "make report  rebuild reports/ from the run directories"
+	@echo "make screenshot  docs/report-index.png from the demo's report (example runs when there is no demo)"
 
 # A virtual environment of our own; reinstalled when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -74,6 +75,15 @@ table1 table2 figure2: setup
 
 report: setup
 	$(BIN)/mamlpp report --runs-dir $(RUNS)/$(SCALE) --out $(REPORTS)/$(SCALE)
+
+# docs/report-index.png: the top of the report index of SHOT_RUNS (the demo's runs; hand-made
+# example runs when those are missing) in headless Chromium.
+SHOT_RUNS ?= $(RUNS)/demo
+screenshot: setup browser
+	@runs=$(SHOT_RUNS); if [ ! -d "$$runs" ]; then runs=$(RUNS)/example; \
+	  $(BIN)/python -m tests.support.example_runs $$runs; fi; \
+	$(BIN)/mamlpp report --runs-dir $$runs --out $(REPORTS)/screenshot && \
+	$(BIN)/python -m tests.support.browser_support $(REPORTS)/screenshot/index.html docs/report-index.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,11 @@
 """`mamlpp report` end to end on hand-made runs: the page, its links, the page in headless
-Chromium (no console errors; moving the lr chart's slider changes the plotted values), and the
-W&B import cache."""
+Chromium through Playwright (no console errors; every chart has data points; moving the lr
+chart's slider changes the plotted values; a screenshot of the index), and the W&B import cache."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,10 +18,15 @@ from mamlpp.analysis.lr_charts import CHART_DIV_ID
 from mamlpp.analysis.runs import load_runs
 from mamlpp.analysis.wandb_import import import_wandb
 from mamlpp.cli import main
+from tests.support import browser_support as bs
 from tests.support.example_runs import example_rate, write_example_runs, write_run
-from tests.support.headless import Chromium, find_chromium
 
 N_POSITIONS = 50
+SCREENSHOT = (
+    Path(os.environ.get("MAMLPP_SCREENSHOT_DIR", "reports/screenshots")) / "report-index.png"
+)
+"""Where the browser test saves its screenshot of the index (relative to the working directory)."""
+LR_DIV = f"{CHART_DIV_ID}-omniglot_20way_1shot_mamlpp__smoke"
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +61,24 @@ def test_index_links_every_table_chart_and_figure(report: Path) -> None:
     for path in report.rglob("*"):
         if path.is_file() and path.name != "index.html":
             assert path.relative_to(report).as_posix() in targets, f"{path} is not linked"
+    anchors = set(re.findall(r'id="([^"]+)"', page))
     for target in targets:
-        assert (report / target).is_file(), f"broken link {target}"
+        if target.startswith("#"):
+            assert target[1:] in anchors, f"link to a missing anchor {target}"
+        else:
+            assert (report / target).exists(), f"broken link {target}"
     assert (
         "tables/table1_omniglot_smoke.tex" in targets
         and "charts/lr_omniglot_20way_1shot_mamlpp__smoke.html" in targets
     )
+    # plotly.js once, beside the pages; the index and the chart pages load that copy.
+    assert [p.name for p in report.rglob("plotly*.js")] == ["plotly.min.js"]
+    assert '<script src="plotly.min.js"></script>' in page
+    chart = (report / "charts" / "lr_omniglot_20way_1shot_mamlpp__smoke.html").read_text()
+    assert 'src="../plotly.min.js"' in chart and len(chart) < 100_000
+    # The table cells link to the runs behind them, and each run to its directory.
+    assert '<a href="#run-omniglot_20way_1shot_mamlpp__default__seed1__smoke">seed 1</a>' in page
+    assert "omniglot_20way_1shot_mamlpp__default__seed1__smoke/metrics.jsonl" in page
     assert page.count("Produced by: <code>mamlpp report --runs-dir") >= 3
     assert "SMOKE SCALE - not comparable to the paper" in page
     assert "92.00 ± 2.00" in page  # the rendered Table 1
@@ -79,69 +97,94 @@ def test_report_on_an_empty_runs_dir_is_a_one_line_error(tmp_path: Path) -> None
 
 # ---------------------------------------------------------------- headless Chromium
 
-needs_chromium = pytest.mark.skipif(
-    find_chromium() is None,
-    reason="Chromium not found: `make browser` installs Debian's chromium (needs root and apt-get); "
-    "or point MAMLPP_CHROMIUM at a Chromium/Chrome binary",
-)
-
-_CHART_STATE = f"""(() => {{
-  const gd = document.getElementById('{CHART_DIV_ID}');
-  return {{
+_CHART_STATE = """id => {
+  const gd = document.getElementById(id);
+  return {
     y: gd.data.map(t => Array.from(t.y)),
     active: gd._fullLayout.sliders[0].active,
     paths: [...gd.querySelectorAll('.scatterlayer .trace path.js-line')].map(p => p.getAttribute('d')),
-    labels: Object.fromEntries([...gd.querySelectorAll('.slider-label')].map(e => {{
-      const r = e.getBoundingClientRect(); return [e.textContent, r.x + r.width / 2]; }})),
-    railY: (() => {{ const r = gd.querySelector('.slider-grip-rect').getBoundingClientRect(); return r.y + r.height / 2; }})(),
-  }};
-}})()"""
+    labels: Object.fromEntries([...gd.querySelectorAll('.slider-label')].map(e => {
+      const r = e.getBoundingClientRect(); return [e.textContent, r.x + r.width / 2]; })),
+    railY: (() => { const r = gd.querySelector('.slider-grip-rect').getBoundingClientRect(); return r.y + r.height / 2; })(),
+  };
+}"""
+
+_PLOTS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => ({
+  id: gd.id,
+  points: gd.data.reduce((n, t) => n + (t.y || []).filter(v => v !== null).length, 0),
+  drawn: gd.querySelectorAll('.scatterlayer .trace').length,
+}))"""
 
 
 def _rates(seed: int, epoch: int) -> list[float]:
     return [example_rate(seed, epoch, p) for p in range(N_POSITIONS)]
 
 
-@needs_chromium
-def test_report_page_and_lr_chart_in_headless_chromium(report: Path) -> None:
-    with Chromium() as browser:
-        browser.open(report / "index.html")
-        assert browser.console_errors() == []
-        assert browser.evaluate("document.querySelectorAll('table').length") == 3
-        assert browser.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+@bs.needs_browser
+def test_report_index_in_headless_chromium(report: Path) -> None:
+    browser = bs.launch()
+    try:
+        bs.open_file(browser, report / "index.html", wait_for="window.Plotly !== undefined")
+        assert bs.console_errors(browser) == []
+        assert bs.evaluate(browser, "document.querySelectorAll('table').length") == 3
+        assert bs.evaluate(
+            browser, "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
+        )
 
-        browser.open(report / "charts" / "lr_omniglot_20way_1shot_mamlpp__smoke.html")
-        opening: dict[str, Any] = browser.evaluate(_CHART_STATE)
+        # Every chart on the index has data points and drew them: 6 presets x (accuracy, loss,
+        # meta lr, MSL weights, gradients), 3 learned-lr charts, Figure 2.
+        plots = bs.evaluate(browser, _PLOTS)
+        assert len(plots) == 6 * 5 + 3 + 1
+        assert all(p["points"] > 0 and p["drawn"] > 0 for p in plots), plots
+        # A 2x5 gradient grid of the MAML++ preset: max and mean |g| of 5 weight tensors x 2 seeds.
+        grad = next(p for p in plots if p["id"] == "gradients-omniglot_20way_1shot_mamlpp-smoke")
+        assert grad["points"] == 2 * 5 * 2 * 4
+        bs.screenshot(browser, SCREENSHOT, full_page=False)
+        assert SCREENSHOT.read_bytes()[:4] == b"\x89PNG"
+        print(f"screenshot of the report index: {SCREENSHOT.resolve()}")
+
+        # The learned-lr chart on the index: opening view, then real clicks on its slider.
+        bs.evaluate(browser, f"document.getElementById('{LR_DIV}').scrollIntoView()")
+        browser.page.wait_for_timeout(300)
+        opening: dict[str, Any] = bs.evaluate(browser, _CHART_STATE, LR_DIV)
         # Opening view: seed 0 at its best epoch 1, seed 1 at its best epoch 2.
         assert opening["y"][0] == pytest.approx(_rates(0, 1))
         assert opening["y"][1] == pytest.approx(_rates(1, 2))
         assert sorted(opening["labels"]) == ["0", "1", "2", "3"]
 
         # A real mouse click on the slider's "0" moves every seed to epoch 0.
-        browser.click(opening["labels"]["0"], opening["railY"])
-        at0 = browser.evaluate(_CHART_STATE)
+        bs.click(browser, opening["labels"]["0"], opening["railY"])
+        at0 = bs.evaluate(browser, _CHART_STATE, LR_DIV)
         assert at0["active"] == 0
         assert at0["y"][0] == pytest.approx(_rates(0, 0)) and at0["y"][1] == pytest.approx(
             _rates(1, 0)
         )
         assert at0["paths"] != opening["paths"]  # the plotted lines moved, not just the data
 
-        browser.click(opening["labels"]["3"], opening["railY"])
-        at3 = browser.evaluate(_CHART_STATE)
+        bs.click(browser, opening["labels"]["3"], opening["railY"])
+        at3 = bs.evaluate(browser, _CHART_STATE, LR_DIV)
         assert at3["active"] == 3
         assert at3["y"][0] == pytest.approx(_rates(0, 3)) and at3["paths"] != at0["paths"]
-        assert "all seeds at epoch 3" in browser.evaluate(
-            f"document.getElementById('{CHART_DIV_ID}').layout.title.text"
+        assert "all seeds at epoch 3" in bs.evaluate(
+            browser, f"document.getElementById('{LR_DIV}').layout.title.text"
         )
 
         # The button returns every seed to its best epoch (the opening view).
-        button = browser.evaluate(
-            "(() => { const r = document.querySelector('.updatemenu-button').getBoundingClientRect();"
-            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        button = bs.evaluate(
+            browser,
+            f"""(() => {{ const r = document.getElementById('{LR_DIV}')
+                .querySelector('.updatemenu-button').getBoundingClientRect();
+              return [r.x + r.width / 2, r.y + r.height / 2]; }})()""",
         )
-        browser.click(*button)
-        assert browser.evaluate(_CHART_STATE)["y"] == opening["y"]
-        assert browser.console_errors() == []
+        bs.click(browser, *button)
+        assert bs.evaluate(browser, _CHART_STATE, LR_DIV)["y"] == opening["y"]
+
+        # The chart's page of its own loads the shared plotly.js.
+        bs.open_file(browser, report / "charts" / "lr_omniglot_20way_1shot_mamlpp__smoke.html")
+        assert bs.evaluate(browser, f"document.getElementById('{CHART_DIV_ID}').data.length") == 2
+        assert bs.console_errors(browser) == []
+    finally:
+        bs.close(browser)
 
 
 # ---------------------------------------------------------------- W&B import

@@ -314,3 +314,53 @@ def test_tiny_make_table1_end_to_end_with_the_wandb_command(
     out = _make_table1(runs, reports, shared_data_root)
     assert "2 finished, 0 unfinished (resume), 0 missing" in out and "Nothing to train" in out
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps
+
+
+# ---------------------------------------------------------------- --executor slurm (submitit)
+
+SYNTHETIC = (*TINY, "data.dataset=synthetic")
+
+
+def test_slurm_executor_runs_the_grid_through_submitit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """submitit's local executor (what --executor slurm uses, minus the cluster) trains two tiny
+    grid points with the real `mamlpp train`, into the run directories the local runner uses;
+    the same command again submits nothing."""
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install submitit)")
+    from mamlpp.experiments.slurm import CLUSTER_ENV
+
+    monkeypatch.setenv(CLUSTER_ENV, "local")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv(TRAIN_COMMAND_ENV, raising=False)
+    runs = tmp_path / "runs"
+    args = ["sweep", "run", "table1", "--scale", "smoke", "--runs-dir", str(runs), "--seed", "0"]
+    args += ["--preset", ROWS[0], "--preset", ROWS[1], "--device", "cpu", "--wandb", "off"]
+    args += [a for o in SYNTHETIC for a in ("--set", o)]
+    slurm = ["--executor", "slurm", "--slurm-time", "10", "--slurm-gpus", "0"]
+    result = CliRunner().invoke(main, [*args, *slurm])
+    assert result.exit_code == 0, result.output
+    sweep = build_sweep("table1", "smoke", runs, ROWS, (0,), SYNTHETIC, ("--device", "cpu"))
+    for point in sweep.points:
+        assert is_finished(sweep.run_dir(point))
+        assert f"submitted {sweep.run_dir(point).name} as job" in result.output
+        assert json.loads((sweep.run_dir(point) / "test.json").read_text())["accuracy"] >= 0
+    assert "All 2 runs of table1 are finished." in result.output
+    assert sorted(p.name for p in runs.iterdir()) == sorted(
+        [".submitit", *(sweep.run_dir(p).name for p in sweep.points)]
+    )
+
+    again = CliRunner().invoke(main, [*args, *slurm])
+    assert again.exit_code == 0 and "Nothing to train" in again.output
+    assert "submitted" not in again.output
+
+
+def test_slurm_executor_without_submitit_is_a_one_line_error(
+    fake_train: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
+    code, out = _sweep_run(tmp_path / "runs", "--executor", "slurm")
+    assert code == 2 and out.strip().splitlines()[-1].startswith(
+        "error: --executor slurm needs submitit"
+    )
+    assert _calls(fake_train) == []

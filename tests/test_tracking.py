@@ -111,3 +111,42 @@ def test_wandb_mode_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "sideways")
     with pytest.raises(MamlppError, match="offline, online or off"):
         resolve_wandb_mode(None)
+
+
+def test_wandb_mirror_plots_against_epoch_and_carries_the_lr_chart(tmp_path: Path) -> None:
+    """An offline W&B run, read back from its .wandb file: `epoch` is the x axis of every metric,
+    each epoch's metrics.jsonl row is a history step, and the run ends with the learned-lr chart
+    as an HTML panel (the same chart as the report's, slider included)."""
+    from mamlpp.runs.tracking import WandbMirror
+    from tests.support import wandb_records
+    from tests.support.example_runs import example_rate, write_run
+
+    source = write_run(tmp_path / "src", "omniglot_20way_1shot_mamlpp", 1, val_acc=(0.5, 0.7, 0.6))
+    rows = read_jsonl(source / "metrics.jsonl")
+    mirror = WandbMirror("offline", tmp_path / "run", "r", "g", [], {"seed": 1})
+    for row in rows:
+        mirror.log_epoch(row, {"conv0.weight": [0.1, 0.2]})
+    assert mirror.log_lr_chart(rows, "omniglot_20way_1shot_mamlpp seed 1", seed=1)
+    mirror.finish()
+    import wandb
+
+    wandb.teardown()  # waits for wandb-core to write everything out
+
+    (run_file,) = (tmp_path / "run").rglob("run-*.wandb")
+    definitions = {
+        (m.name or m.glob_name): m.step_metric for m in wandb_records.metric_definitions(run_file)
+    }
+    assert definitions == {"epoch": "", "*": "epoch"}
+    history = wandb_records.history(run_file)
+    assert [h["epoch"] for h in history] == [0, 1, 2, 2]
+    for logged, row in zip(history, rows, strict=False):
+        assert {k: logged[k] for k in row} == pytest.approx(row)
+    panel = history[-1]
+    assert panel["charts/learned_lr/_type"] == "html-file"
+    (page,) = run_file.parent.rglob(Path(panel["charts/learned_lr/path"]).name)
+    text = page.read_text()
+    # Opens at the best-val epoch (1) and has one slider step per epoch.
+    call = text[text.index("Plotly.newPlot(") :]
+    figure, _ = json.JSONDecoder().raw_decode(call[call.index("[") :])
+    assert figure[0]["y"][:3] == pytest.approx([example_rate(1, 1, p) for p in range(3)])
+    assert text.count('"label":"') >= 3 and "cdn.plot.ly" in text

@@ -8,6 +8,8 @@ the trainer resumes when given the same command. With GPUs, each job slot owns o
 run directory holding another config than the sweep's (trained before the code's defaults
 changed) stops it with an error naming the directory, rather than entering its tables.
 
+``sweep run --executor slurm`` submits the same commands as SLURM jobs (mamlpp.experiments.slurm).
+
 ``sweep export`` writes the same grid as a W&B grid sweep whose command is the runner's
 ``mamlpp train`` command line, so ``wandb sweep`` + ``wandb agent`` on any number of machines
 produce the same run directories (and W&B runs) as the local runner.
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mamlpp.errors import MamlppError
+from mamlpp.experiments.slurm import FOLDER_NAME, SlurmOptions, submit_runs
 
 if TYPE_CHECKING:
     from mamlpp.experiments import Experiment, GridPoint
@@ -269,7 +272,15 @@ class _Runner:
                 proc.kill()
 
 
-def run_sweep(sweep: Sweep, jobs: str, device: str | None, dry_run: bool) -> None:
+def run_sweep(
+    sweep: Sweep,
+    jobs: str,
+    device: str | None,
+    dry_run: bool,
+    slurm: SlurmOptions | None = None,
+) -> None:
+    """Train the missing and unfinished runs here (``jobs`` at a time), or as SLURM jobs when
+    ``slurm`` is given (mamlpp.experiments.slurm)."""
     finished, unfinished, missing = [], [], []
     for point in sweep.points:
         path = sweep.run_dir(point)
@@ -303,6 +314,9 @@ def run_sweep(sweep: Sweep, jobs: str, device: str | None, dry_run: bool) -> Non
     if dry_run:
         for point in todo:
             click.echo(shlex.join([*prefix, *sweep.train_args(point)]))
+        return
+    if slurm is not None:
+        _submit(sweep, todo, prefix, slurm)
         return
 
     gpus = visible_gpus(device)
@@ -370,6 +384,23 @@ def run_sweep(sweep: Sweep, jobs: str, device: str | None, dry_run: bool) -> Non
             "command again once they end to check that every run finished."
         )
         return
+    click.echo(f"All {len(sweep.points)} runs of {sweep.experiment.name} are finished.")
+
+
+def _submit(sweep: Sweep, todo: list[GridPoint], prefix: list[str], slurm: SlurmOptions) -> None:
+    try:
+        sweep.runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MamlppError(f"cannot create runs dir {sweep.runs_dir}: {e.strerror}") from None
+    launches = [(sweep.run_dir(p).name, [*prefix, *sweep.train_args(p)]) for p in todo]
+    failed = set(submit_runs(sweep.runs_dir, launches, slurm))
+    failed |= {sweep.run_dir(p).name for p in todo if not is_finished(sweep.run_dir(p))}
+    if failed:
+        raise MamlppError(
+            f"{len(failed)} of {len(todo)} runs did not finish: {', '.join(sorted(failed))} "
+            f"(job logs in {sweep.runs_dir / FOLDER_NAME}). Run the same command again: finished "
+            "runs are skipped, unfinished ones resume"
+        )
     click.echo(f"All {len(sweep.points)} runs of {sweep.experiment.name} are finished.")
 
 
@@ -476,6 +507,26 @@ def sweep() -> None:
     help="Passed to mamlpp train.  [default: mamlpp train's]",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan and the commands; run nothing.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "slurm"]),
+    default="local",
+    show_default=True,
+    help="local: subprocesses here, --jobs at a time; slurm: one SLURM job per run (submitit).",
+)
+@click.option(
+    "--slurm-partition", default=None, help="SLURM partition of the jobs (--executor slurm)."
+)
+@click.option(
+    "--slurm-time",
+    type=click.IntRange(min=1),
+    default=1440,
+    show_default=True,
+    help="Time limit of each job in minutes; a job killed at its limit resumes on the next run.",
+)
+@click.option(
+    "--slurm-gpus", type=click.IntRange(min=0), default=1, show_default=True, help="GPUs per job."
+)
 def run_command(
     experiment: str,
     scale: str,
@@ -488,6 +539,10 @@ def run_command(
     jobs: str,
     wandb: str | None,
     dry_run: bool,
+    executor: str,
+    slurm_partition: str | None,
+    slurm_time: int,
+    slurm_gpus: int,
 ) -> None:
     """Train every missing or unfinished run of EXPERIMENT (table1, table2, figure2).
 
@@ -500,6 +555,7 @@ def run_command(
       mamlpp sweep run table1 --scale smoke --jobs 1 --runs-dir runs/smoke
       mamlpp sweep run figure2 --scale paper --jobs auto   # one run per visible GPU
       mamlpp sweep run table1 --preset omniglot_5way_1shot_mamlpp --seed 0 --dry-run
+      mamlpp sweep run table1 --scale paper --executor slurm --slurm-partition gpu --slurm-time 2880
     """
     s = build_sweep(
         experiment,
@@ -510,7 +566,8 @@ def run_command(
         overrides,
         _train_options(data_root, device, wandb),
     )
-    run_sweep(s, jobs, device, dry_run)
+    slurm = SlurmOptions(slurm_partition, slurm_time, slurm_gpus) if executor == "slurm" else None
+    run_sweep(s, jobs, device, dry_run, slurm)
 
 
 @sweep.command("export")

@@ -6,7 +6,9 @@ Every checkpoint and whole-file write goes to a temporary name first and is then
 process killed at any moment leaves either the old file or the new one, never half of one.
 
 ``WandbMirror`` sends the same per-epoch dict to ``wandb.log`` (offline by default, no account
-needed), plus the learned inner learning rates as a per-epoch ``wandb.Table``.
+needed) with ``epoch`` as the x axis of every metric, plus the learned inner learning rates as a
+per-epoch ``wandb.Table``; when the run ends it logs the report's learned-learning-rate chart
+(mamlpp.runs.charts, with its epoch slider) as an HTML panel, so the W&B run page shows it too.
 """
 
 from __future__ import annotations
@@ -448,6 +450,9 @@ class WandbMirror:
             resume="allow" if run_id else None,
             reinit="create_new",
         )
+        # Every per-epoch metric is plotted against `epoch` (W&B's default x is its own step).
+        self.run.define_metric("epoch")
+        self.run.define_metric("*", step_metric="epoch")
 
     def log_epoch(self, metrics: Mapping[str, Any], lslr: Mapping[str, list[float]]) -> None:
         """`metrics` exactly as written to metrics.jsonl, then the LSLR picture as a table."""
@@ -460,6 +465,25 @@ class WandbMirror:
         rows = [[epoch, p, k, lr] for p, rates in lslr.items() for k, lr in enumerate(rates)]
         table = wandb.Table(columns=["epoch", "param", "step", "lr"], data=rows)
         self.run.log({"lslr_table": table}, step=epoch, commit=True)
+
+    def log_lr_chart(self, rows: list[dict[str, Any]], title: str, seed: int) -> bool:
+        """Log the learned-learning-rate chart of this run (its ``metrics.jsonl`` rows) as
+        ``charts/learned_lr``, an interactive HTML panel; False when there is nothing to draw.
+        The panel loads plotly.js from plotly's CDN (W&B pages are viewed online; embedding it
+        would add 4.8 MB to every run)."""
+        if self.run is None:
+            return False
+        from mamlpp.runs.charts import run_lr_figure
+
+        fig = run_lr_figure(rows, title, seed)
+        if fig is None:
+            return False
+        import wandb
+
+        page = fig.to_html(include_plotlyjs="cdn", full_html=True)
+        last = max(int(r["epoch"]) for r in rows)
+        self.run.log({"epoch": last, "charts/learned_lr": wandb.Html(page, inject=False)})
+        return True
 
     def log_summary(self, values: Mapping[str, Any]) -> None:
         if self.run is not None:

@@ -322,6 +322,8 @@ def train_run(
             result = test_run(
                 config, run_dir, top_k.epochs, options, episodes, write=True, stop=stop
             )
+            if config.inner.lslr:
+                mirror.log_lr_chart(run_dir.read_metrics(), str(run["name"]), config.seed)
         mirror.log_summary(
             {f"test/{k}": v for k, v in result.items() if k in ("accuracy", "ci95", "std")}
         )
