@@ -270,7 +270,7 @@ def test_run(
     result = {
         **ensemble.summarise(ensemble.ensemble_accuracies(learners, sampler, chunks)),
         "checkpoint_epochs": list(epochs),
-        "ensemble": ensemble.ENSEMBLE,
+        "ensemble": ensemble.ENSEMBLE[config.schedule.ensemble],
         "test_seed": config.data.test_seed,
     }
     if write:
