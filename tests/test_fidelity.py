@@ -273,3 +273,26 @@ def test_every_paper_value_names_its_source_and_status() -> None:
     assert "99.85" in get_preset("omniglot_5way_5shot_mamlpp").paper_source
     assert get_preset("miniimagenet_5way_1shot_mamlpp").paper_status == "conflicting"
     assert get_preset("omniglot_5way_1shot_mamlpp").paper_status == "secondary"
+
+
+# ---------------------------------------------------------------- tables
+
+
+def test_tables_keep_fidelities_apart_and_mark_unconfirmed_paper_values() -> None:
+    from mamlpp.analysis.runs import Run
+    from mamlpp.analysis.tables import accuracy_table, display_table
+
+    def run(preset: str, fidelity: str, seed: int) -> Run:
+        overrides = {} if fidelity == "paper" else {"fidelity": fidelity}
+        config = reference(get_preset(preset).config) if overrides else get_preset(preset).config
+        return Run(Path("x"), f"{preset}{seed}{fidelity}", preset, seed, "smoke",
+                   config.to_dict(), overrides, {"accuracy": 0.9})  # fmt: skip
+
+    runs = [run(PRESET, f, s) for f in ("paper", "reference-code") for s in (0, 1)]
+    runs.append(run("omniglot_5way_5shot_mamlpp", "paper", 0))
+    shown = display_table(accuracy_table(runs)).set_index("preset")
+    assert shown.loc[PRESET, "fidelity"] == "paper"
+    assert shown.loc[f"{PRESET} [fidelity=reference-code]", "fidelity"] == "reference-code"
+    assert list(shown["n seeds"]) == [2, 2, 1]
+    assert shown.loc[PRESET, "paper (%)"] == "99.47*"
+    assert shown.loc["omniglot_5way_5shot_mamlpp", "paper (%)"] == "99.93 (unconfirmed)"
