@@ -5,11 +5,18 @@ in three switches (MSL, LSLR, per-step BN); DA was off there (always second orde
 below uses the switches that produced its row; ``*_da`` presets add derivative-order annealing as
 an extra. alpha = 0.1 in every preset: the original mini-ImageNet configs say 0.01, but that code
 never reads the field and uses 0.1, which is what produced the paper's numbers.
+
+Paper values: each row's ``paper_source`` says where its number comes from and ``paper_status``
+how sure it is. The paper's tables themselves could not be read here, so no value is marked as
+read from the paper: 'secondary' values are given alike by the secondary sources named,
+'conflicting' ones differ between sources (the source names the other value), 'unsourced' ones
+were found in no source. Tables print every value with its status (`mamlpp.analysis.tables`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from mamlpp.config import (
     BatchNormConfig,
@@ -31,6 +38,48 @@ class Preset:
     paper_accuracy: float | None = None
     """The paper's test accuracy (%) for this row, None where the paper has none."""
     paper_std: float | None = None
+    paper_source: str = ""
+    """Where `paper_accuracy` (and `paper_std`) come from."""
+    paper_status: PaperStatus = "unsourced"
+    """'secondary': agreed by the sources named, not read from the paper itself; 'conflicting':
+    sources disagree; 'unsourced': found in no source."""
+
+
+PaperStatus = Literal["secondary", "conflicting", "unsourced"]
+PWC = "paperswithcode.com/paper/how-to-train-your-maml (user-curated leaderboard)"
+TNAS = (
+    "T-NAS, 'Towards fast adaptation of neural architectures with meta learning' (ICLR 2020 "
+    "submission), Tables 2-3, citing Antoniou et al. (2019)"
+)
+ICLR_LISTS = (
+    "T-NAS Table 3, few-shot 'awesome' lists and a survey, all citing the ICLR 2019 version "
+    "(openreview.net/pdf?id=HJGven05Y7)"
+)
+FINN = "Finn et al. (2017), the original MAML paper's value, as T-NAS Table 2 lists it"
+NO_SOURCE = "no source found; from an earlier transcription of the paper's table"
+NO_STD = "; the std was found in no source"
+SOURCES: dict[str, tuple[str, PaperStatus]] = {
+    "omniglot_20way_1shot_maml": (NO_SOURCE, "unsourced"),
+    "omniglot_20way_1shot_maml_msl": (NO_SOURCE, "unsourced"),
+    "omniglot_20way_1shot_maml_lslr": (NO_SOURCE, "unsourced"),
+    "omniglot_20way_1shot_maml_bnwb_bnrs": (NO_SOURCE, "unsourced"),
+    "omniglot_20way_1shot_mamlpp": (PWC + NO_STD, "secondary"),
+    "omniglot_20way_5shot_maml": (NO_SOURCE, "unsourced"),
+    "omniglot_20way_5shot_mamlpp": (PWC + NO_STD, "secondary"),
+    "omniglot_5way_1shot_maml": (FINN, "secondary"),
+    "omniglot_5way_1shot_mamlpp": (f"{PWC}; {TNAS}", "secondary"),
+    "omniglot_5way_5shot_maml": (FINN, "secondary"),
+    "omniglot_5way_5shot_mamlpp": (f"{TNAS} gives 99.93; {PWC} gives 99.85", "conflicting"),
+    "miniimagenet_5way_1shot_maml": (NO_SOURCE, "unsourced"),
+    "miniimagenet_5way_1shot_mamlpp_1step": (NO_SOURCE, "unsourced"),
+    "miniimagenet_5way_1shot_mamlpp_2step": (NO_SOURCE, "unsourced"),
+    "miniimagenet_5way_1shot_mamlpp_3step": (NO_SOURCE, "unsourced"),
+    "miniimagenet_5way_1shot_mamlpp_4step": (NO_SOURCE, "unsourced"),
+    "miniimagenet_5way_1shot_mamlpp": (f"{ICLR_LISTS} give 52.15 +- 0.26; {PWC} gives 52.40", "conflicting"),
+    "miniimagenet_5way_5shot_maml": (NO_SOURCE, "unsourced"),
+    "miniimagenet_5way_5shot_mamlpp": (f"{ICLR_LISTS} give 68.32 +- 0.44; {PWC} gives 67.15", "conflicting"),
+}  # fmt: skip
+"""Preset -> (source of its paper value, status), for every preset with a paper value."""
 
 
 def _omniglot(n_way: int, k_shot: int) -> Config:
@@ -118,14 +167,14 @@ def _build() -> dict[str, Preset]:
         ("miniimagenet_5way_1shot_mamlpp_2step", f"{t2}, 5-way 1-shot, MAML++, 2 inner steps", _steps(_mamlpp(m1), 2), 51.49, 0.25),
         ("miniimagenet_5way_1shot_mamlpp_3step", f"{t2}, 5-way 1-shot, MAML++, 3 inner steps", _steps(_mamlpp(m1), 3), 51.11, 0.11),
         ("miniimagenet_5way_1shot_mamlpp_4step", f"{t2}, 5-way 1-shot, MAML++, 4 inner steps", _steps(_mamlpp(m1), 4), 51.65, 0.34),
-        ("miniimagenet_5way_1shot_mamlpp", f"{t2}, 5-way 1-shot, MAML++, 5 inner steps", _mamlpp(m1), 52.40, 1.13),
+        ("miniimagenet_5way_1shot_mamlpp", f"{t2}, 5-way 1-shot, MAML++, 5 inner steps", _mamlpp(m1), 52.15, 0.26),
         ("miniimagenet_5way_5shot_maml", f"{t2}, 5-way 5-shot, MAML (local reproduction)", _maml(m5), 64.78, None),
-        ("miniimagenet_5way_5shot_mamlpp", f"{t2}, 5-way 5-shot, MAML++", _mamlpp(m5), 67.15, 0.26),
+        ("miniimagenet_5way_5shot_mamlpp", f"{t2}, 5-way 5-shot, MAML++", _mamlpp(m5), 68.32, 0.44),
         ("stability_maml", "Figure 2, stability: MAML with stride-2 convs, no max-pool (Omniglot 20-way 1-shot)", _strided(_maml(o20_1)), None, None),
         ("stability_mamlpp", "Figure 2, stability: MAML++ with stride-2 convs, no max-pool (Omniglot 20-way 1-shot)", _strided(_mamlpp(o20_1)), None, None),
     ]  # fmt: skip
     return {
-        name: Preset(name, desc, replace(cfg, preset=name), acc, std)
+        name: Preset(name, desc, replace(cfg, preset=name), acc, std, *SOURCES.get(name, ("", "unsourced")))
         for name, desc, cfg, acc, std in rows
     }
 

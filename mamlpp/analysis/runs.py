@@ -56,6 +56,11 @@ class Run:
         return f"{self.preset} [{slug}]"
 
     @property
+    def fidelity(self) -> str:
+        """'paper' or 'reference-code' (`Config.fidelity`; runs from before the field: paper)."""
+        return str(self.config.get("fidelity", "paper"))
+
+    @property
     def uses_lslr(self) -> bool:
         return bool(self.config.get("inner", {}).get("lslr", False))
 

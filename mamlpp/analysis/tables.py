@@ -6,7 +6,10 @@ runs), one table per experiment and scale. Rows follow the paper's order
 (``mamlpp.presets.PRESETS``); a preset run with overrides is a row of its own. Accuracies are
 percentages (the files hold fractions); std is the sample standard deviation over seeds (ddof=1,
 "–" with one seed). Only finished runs (with ``test.json``) count; unfinished ones are counted in
-their own column, so a missing seed shows as a smaller n, never as an error.
+their own column, so a missing seed shows as a smaller n, never as an error. Runs of another
+fidelity (`Config.fidelity`, docs/fidelity.md) are rows of their own with a 'fidelity' column.
+The paper column marks how sure each value is (`mamlpp.presets.Preset.paper_status`): '*' for a
+value agreed by secondary sources, '(unconfirmed)' for one where sources conflict or none was found.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from mamlpp.analysis.runs import Run
 from mamlpp.presets import PRESETS
 
 SMOKE_LABEL = "SMOKE SCALE - not comparable to the paper"
+STATUS_MARK = {"secondary": "*", "conflicting": " (unconfirmed)", "unsourced": " (unconfirmed)"}
+"""Suffix of a paper value in the display tables, by `Preset.paper_status`."""
+PAPER_NOTE = (
+    "paper values: * = given alike by secondary sources, not read from the paper itself; "
+    "(unconfirmed) = sources conflict or none was found (mamlpp.presets.SOURCES)"
+)
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,10 @@ def _paper_rank(preset: str) -> int:
 def accuracy_table(runs: list[Run]) -> pd.DataFrame:
     """One row per (variant, scale) of ``runs``, numbers in percent, in the paper's order."""
     rows = []
-    variants: dict[tuple[str, str], list[Run]] = {}
+    variants: dict[tuple[str, str, str], list[Run]] = {}
     for r in runs:
-        variants.setdefault((r.variant, r.scale), []).append(r)
-    for (variant, scale), group in sorted(
+        variants.setdefault((r.variant, r.scale, r.fidelity), []).append(r)
+    for (variant, scale, fidelity), group in sorted(
         variants.items(), key=lambda kv: (_paper_rank(kv[1][0].preset), kv[0])
     ):
         preset = PRESETS.get(group[0].preset)
@@ -80,6 +89,7 @@ def accuracy_table(runs: list[Run]) -> pd.DataFrame:
                 "preset": variant,
                 "row": preset.description if preset else "",
                 "scale": scale,
+                "fidelity": fidelity,
                 "n_seeds": len(done),
                 "seeds": " ".join(str(r.seed) for r in done),
                 "unfinished": len(group) - len(done),
@@ -89,6 +99,7 @@ def accuracy_table(runs: list[Run]) -> pd.DataFrame:
                 "paper_std": preset.paper_std
                 if preset and preset.paper_std is not None
                 else math.nan,
+                "paper_status": preset.paper_status if preset and not math.isnan(paper) else "",
                 "difference": mean - paper,
                 "note": scale_note(scale),
             }
@@ -116,11 +127,15 @@ def display_table(table: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
                 _pm(m, s, pm) for m, s in zip(table["mean"], table["std"], strict=True)
             ],
             "paper (%)": [
-                _pm(m, s, pm) for m, s in zip(table["paper"], table["paper_std"], strict=True)
+                _pm(m, s, pm) + (STATUS_MARK.get(st, "") if not math.isnan(m) else "")
+                for m, s, st in zip(
+                    table["paper"], table["paper_std"], table["paper_status"], strict=True
+                )
             ],
             "difference (points)": [_signed(d) for d in table["difference"]],
             "unfinished runs": table["unfinished"],
             "scale": [n or s for s, n in zip(table["scale"], table["note"], strict=True)],
+            "fidelity": table["fidelity"],
         }
     )
 
@@ -130,7 +145,7 @@ def caption(title: str, table: pd.DataFrame) -> str:
     label = f" - {'; '.join(notes)}" if notes else ""
     return (
         f"{title}{label}. Ensemble test accuracy, mean ± sample std (ddof=1) over seeds; "
-        "paper values from Antoniou et al. (2019); difference = ours - paper."
+        f"paper values from Antoniou et al. (2019); difference = ours - paper; {PAPER_NOTE}."
     )
 
 
@@ -145,6 +160,16 @@ def _latex_escape(text: str) -> str:
     ):
         text = text.replace(a, b)
     return text
+
+
+def _latex_number(text: str) -> str:
+    """'mean PLUSMINUS std' plus any paper-status mark -> the number in math mode, mark after."""
+    number, mark = text, ""
+    for suffix in sorted(set(STATUS_MARK.values()), key=len, reverse=True):
+        if text.endswith(suffix):
+            number, mark = text[: -len(suffix)], suffix
+            break
+    return "$" + number.replace("PLUSMINUS", r"\pm") + "$" + mark
 
 
 @dataclass(frozen=True)
@@ -186,7 +211,7 @@ def write_tables(runs: list[Run], out_dir: Path, command: str) -> list[WrittenTa
         latex = display_table(table, pm=" PLUSMINUS ").map(lambda v: _latex_escape(str(v)))
         for column in ("test accuracy (%)", "paper (%)"):
             latex[column] = [
-                v if v == "--" else "$" + v.replace("PLUSMINUS", r"\pm") + "$"
+                v if v == "--" else _latex_number(v)
                 for v in latex[column]
             ]
         latex.columns = [_latex_escape(c) for c in latex.columns]

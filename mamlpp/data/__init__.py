@@ -31,8 +31,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_splits(dataset: str, data_root: str | Path | None = None) -> ImageSets:
-    """All three splits of a dataset as uint8 images (from the cache, built when missing)."""
+def load_splits(
+    dataset: str, data_root: str | Path | None = None, omniglot_split: str = "paper"
+) -> ImageSets:
+    """All three splits of a dataset as uint8 images (from the cache, built when missing);
+    `omniglot_split` picks Omniglot's class split (`data.omniglot_split`)."""
     if dataset == "synthetic":
         from mamlpp.data import synthetic
 
@@ -40,7 +43,7 @@ def load_splits(dataset: str, data_root: str | Path | None = None) -> ImageSets:
     if dataset == "omniglot":
         from mamlpp.data import omniglot
 
-        return omniglot.load(data_root)[0]
+        return omniglot.load(data_root, choice=omniglot_split)[0]
     if dataset == "miniimagenet":
         from mamlpp.data import miniimagenet
 
@@ -129,7 +132,7 @@ def make_episodes(
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split {split!r}; choose train, val or test")
     d = config.data
-    images = load_splits(d.dataset, data_root)[split]
+    images = load_splits(d.dataset, data_root, d.omniglot_split)[split]
     check_task_shape(config, split, images)
     return EpisodeSampler(
         images=images,

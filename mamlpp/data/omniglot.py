@@ -1,8 +1,13 @@
 """Omniglot: the two official zips (or their extracted folders) -> 28x28 uint8 splits.
 
-Class split of the original code: the 1623 characters of both zips pooled as "alphabet/character",
-sorted, shuffled by numpy's RandomState(0) (its fixed validation seed), then cut 1150/50/423 into
-train/val/test. The split depends on nothing but the class names, so it is the same everywhere.
+Class split: the 1623 characters of both zips pooled as "alphabet/character", sorted, shuffled by a
+numpy RandomState, then cut 1150/50/423 into train/val/test, as the authors' code does
+(data.py:176-211 at commit 86964701 of AntreasAntoniou/HowToTrainYourMAMLPytorch). Two shuffle seeds
+are offered (`data.omniglot_split`, docs/fidelity.md row 3): 'paper' uses RandomState(0), the raw
+val_seed of the configs, which the code shuffled with before its commit ff26bcc0; 'reference-code'
+uses RandomState(985773), the seed the released code derives from that val_seed
+(RandomState(0).randint(1, 999999), data.py:132-142). The split depends on nothing but the class
+names, so it is the same everywhere.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from mamlpp.errors import DataError
 PARTS = ("images_background", "images_evaluation")
 NUM_CLASSES, IMAGES_PER_CLASS, SOURCE_SIZE, IMAGE_SIZE = 1623, 20, 105, 28
 SPLIT_SIZES = {"train": 1150, "val": 50, "test": 423}
-SPLIT_SHUFFLE_SEED = 0
+SPLIT_SHUFFLE_SEEDS = {"paper": 0, "reference-code": 985773}
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 MD5 = {
     "images_background": "68d2efa1b9178cc56df9314c21c6e718",
@@ -106,11 +111,11 @@ def check_counts(counts: dict[str, int], where: Path | str) -> None:
         raise DataError(f"Omniglot in {where} is incomplete: {detail}; {FIX}")
 
 
-def class_split(class_names: list[str]) -> dict[str, list[str]]:
-    """The original code's split: sorted names, RandomState(0) shuffle, cut 1150/50/423."""
+def class_split(class_names: list[str], choice: str = "paper") -> dict[str, list[str]]:
+    """Sorted names, shuffled by RandomState(SPLIT_SHUFFLE_SEEDS[choice]), cut 1150/50/423."""
     names = sorted(class_names)
     order = np.arange(len(names), dtype=np.int32)
-    np.random.RandomState(SPLIT_SHUFFLE_SEED).shuffle(order)
+    np.random.RandomState(SPLIT_SHUFFLE_SEEDS[choice]).shuffle(order)
     shuffled = [names[i] for i in order]
     a, b = SPLIT_SIZES["train"], SPLIT_SIZES["train"] + SPLIT_SIZES["val"]
     return {"train": shuffled[:a], "val": shuffled[a:b], "test": shuffled[b:]}
@@ -135,22 +140,36 @@ def count_classes(sources: list[Path]) -> dict[str, int]:
     return dict(counts)
 
 
-def build(sources: list[Path]) -> ImageSets:
+def build(sources: list[Path], choice: str = "paper") -> ImageSets:
     classes = _decode_classes(sources)
     check_counts({c: len(v) for c, v in classes.items()}, sources[0].parent)
-    split = class_split(list(classes))
+    split = class_split(list(classes), choice)
     return {s: SplitImages.from_classes([(c, classes[c]) for c in names]) for s, names in split.items()}
 
 
-def source_key(sources: list[Path]) -> str:
-    return content_key(_source_files(sources), sources[0].parent, salt="omniglot")
+def source_key(sources: list[Path], choice: str = "paper") -> str:
+    """The cache key: the source files' content and, besides the 'paper' split, the split."""
+    salt = "omniglot" if choice == "paper" else f"omniglot-split-{choice}"
+    return content_key(_source_files(sources), sources[0].parent, salt=salt)
 
 
-def load(root: str | Path | None, rebuild: bool = False) -> tuple[ImageSets, Path]:
-    """The three splits from the cache, building it from the source first when needed."""
+def load(
+    root: str | Path | None, rebuild: bool = False, choice: str = "paper"
+) -> tuple[ImageSets, Path]:
+    """The three splits of `choice` (`data.omniglot_split`) from the cache, building it from
+    the source first when needed."""
+    if choice not in SPLIT_SHUFFLE_SEEDS:
+        raise DataError(
+            f"data.omniglot_split={choice!r} is not a valid choice; choose one of "
+            f"{list(SPLIT_SHUFFLE_SEEDS)}"
+        )
     sources = find_source(root)
     return load_or_build(
-        "omniglot", source_key(sources), lambda: build(sources), str(sources[0].parent), rebuild
+        "omniglot",
+        source_key(sources, choice),
+        lambda: build(sources, choice),
+        str(sources[0].parent),
+        rebuild,
     )
 
 

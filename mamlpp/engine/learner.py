@@ -2,8 +2,8 @@
 
 - ``meta_loss(batch, epoch)``: the differentiable meta loss (MSL-weighted target losses after the
   inner steps, first or second order as the config and epoch say);
-- ``outer_step(batch, plan)``: one outer update (meta-gradients, optional clipping, Adam, BN
-  running stats) on the device, with no host reads: what the eager ``train_step`` and the
+- ``outer_step(batch, plan)``: one outer update (meta-gradients, optional clipping of all of them
+  or, with ``outer.clip_inner_rates`` off, of the network's only, Adam, BN running stats) on the device, with no host reads: what the eager ``train_step`` and the
   CUDA-graph step (`mamlpp.engine.cuda_graph`) both run;
 - ``train_step(batch, epoch)``: ``outer_step`` at the epoch's plan, its numbers read back;
 - ``evaluate(batch)``: adapt with first-order steps and score the target set.
@@ -85,6 +85,8 @@ class EvalResult:
     """[B] target accuracy."""
     probs: Tensor
     """[B, N*q, N] class probabilities of the target images (what the ensemble averages)."""
+    logits: Tensor
+    """[B, N*q, N] their raw logits (what the ensemble averages with schedule.ensemble='logits')."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ class MetaLearner:
         self.engine = choose_engine(config)
         self.kernels = kernels.choose(self.device, self.spec, kernel_options)
         self.task_threads = kernel_options.task_threads
-        generator = torch.Generator().manual_seed(config.seed)
+        init_seed = config.seed if config.model.init_seed is None else config.model.init_seed
+        generator = torch.Generator().manual_seed(init_seed)
         init = model.init_params(self.spec, generator)
         self.params = {k: v.to(self.device, dtype).requires_grad_() for k, v in init.items()}
         self.rates: dict[str, Tensor] = {}
@@ -283,7 +286,8 @@ class MetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         result = self._meta_gradients(batch, plan)
         meta = self.meta_parameters()
-        clip_gradients(meta, self.config.outer.grad_clip)
+        o = self.config.outer
+        clip_gradients(meta if o.clip_inner_rates else self.params, o.grad_clip)
         rows = gradient_rows(meta, self.gradient_names())
         self.optimizer.step()
         self._update_running_stats(result.bn_stats)
@@ -375,7 +379,9 @@ class MetaLearner:
         logits = result.final_logits.detach()
         loss, acc = result.target_losses[-1], result.target_accuracies[-1]
         assert loss is not None and acc is not None
-        return EvalResult(loss.detach().cpu(), acc.cpu(), torch.softmax(logits, -1).cpu())
+        return EvalResult(
+            loss.detach().cpu(), acc.cpu(), torch.softmax(logits, -1).cpu(), logits.cpu()
+        )
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

@@ -69,12 +69,22 @@ class NetSpec:
         )
 
     @property
-    def feature_size(self) -> int:
+    def final_side(self) -> int:
+        """Side of the last stage's feature maps."""
         side = self.image_size
         for _ in range(self.stages):
             # 3x3 conv, padding 1: stride 2 gives ceil(side/2); max/avg pool 2x2 gives floor.
             side = math.ceil(side / 2) if self.downsample == "stride" else side // 2
-        return self.filters * side * side
+        return side
+
+    @property
+    def feature_size(self) -> int:
+        """Features the linear head sees: the flattened maps, or with stride-2 convs one global
+        average per map (the strided network of the authors' code average-pools each map to 1x1
+        before its linear layer: meta_neural_network_architectures.py:608-609 at 86964701)."""
+        if self.downsample == "stride":
+            return self.filters
+        return self.filters * self.final_side * self.final_side
 
     @property
     def adapted_names(self) -> list[str]:
@@ -271,6 +281,7 @@ def forward_tasks(
         )
         h = batch_norm(h, i, step, tasks, shared, running, spec, mode, stats_out, kernels.batch_norm)
         h = activate_and_downsample(h, spec, kernels.max_pool)
+    h = global_average(h, spec)
     features = h.reshape(n, tasks, -1).transpose(0, 1)  # [B, n, F], per-task flatten order
     weight, bias = fast["linear.weight"], fast["linear.bias"]
     return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
@@ -299,7 +310,13 @@ def forward_task(
         h = F.conv2d(h, fast[f"conv{i}.weight"], fast[f"conv{i}.bias"], stride=stride, padding=1)
         h = batch_norm(h, i, step, 1, shared, running, spec, mode, stats_out)
         h = activate_and_downsample(h, spec)
-    return F.linear(h.flatten(1), fast["linear.weight"], fast["linear.bias"])
+    return F.linear(global_average(h, spec).flatten(1), fast["linear.weight"], fast["linear.bias"])
+
+
+def global_average(h: Tensor, spec: NetSpec) -> Tensor:
+    """The strided network's last maps [n, C, H, W] averaged to [n, C, 1, 1] (`feature_size`);
+    the pooled networks' maps unchanged."""
+    return h.mean((2, 3), keepdim=True) if spec.downsample == "stride" else h
 
 
 def conv_flops_per_image(spec: NetSpec) -> float:

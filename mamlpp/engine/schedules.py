@@ -22,10 +22,13 @@ def msl_weights(steps: int, epoch: int, annealing_epochs: int, enabled: bool) ->
 
 
 def use_second_order(config: Config, epoch: int) -> bool:
-    """DA: 'annealed' trains first order for `first_order_epochs` epochs, then second order."""
+    """DA: 'annealed' trains first order for epochs 0..E-1 (E = `first_order_epochs`) and second
+    order from epoch E on; with `inner.da_strict_after` first order through epoch E and second
+    order only after it (the authors' code, few_shot_learning_system.py:303-305 at 86964701)."""
     order = config.inner.order
     if order == "annealed":
-        return epoch >= config.inner.first_order_epochs
+        e = config.inner.first_order_epochs
+        return epoch > e if config.inner.da_strict_after else epoch >= e
     return order == "second"
 
 

@@ -9,9 +9,13 @@ Rows (preset: the paper's test accuracy, %, mean +- std over 3 seeds where the p
 | miniimagenet_5way_1shot_mamlpp_2step | 1-shot, MAML++, 2 inner steps | 51.49 +- 0.25 |
 | miniimagenet_5way_1shot_mamlpp_3step | 1-shot, MAML++, 3 inner steps | 51.11 +- 0.11 |
 | miniimagenet_5way_1shot_mamlpp_4step | 1-shot, MAML++, 4 inner steps | 51.65 +- 0.34 |
-| miniimagenet_5way_1shot_mamlpp | 1-shot, MAML++, 5 inner steps | 52.40 +- 1.13 |
+| miniimagenet_5way_1shot_mamlpp | 1-shot, MAML++, 5 inner steps | 52.15 +- 0.26 |
 | miniimagenet_5way_5shot_maml | 5-shot, MAML (local reproduction), 5 steps | 64.78 |
-| miniimagenet_5way_5shot_mamlpp | 5-shot, MAML++, 5 inner steps | 67.15 +- 0.26 |
+| miniimagenet_5way_5shot_mamlpp | 5-shot, MAML++, 5 inner steps | 68.32 +- 0.44 |
+
+The two 5-step MAML++ values are the ICLR 2019 version's as secondary sources cite it; another
+listing gives 52.40 and 67.15 (`mamlpp.presets.SOURCES`); no value here was read from the paper
+itself, and the 1-4-step and MAML rows were found in no source.
 
 8 presets x seeds 0, 1, 2 = 24 runs. Needs mini-ImageNet under the data root
 (docs/data.md lists the accepted formats).

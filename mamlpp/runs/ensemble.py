@@ -1,6 +1,7 @@
 """The test protocol: the top-k checkpoints by validation accuracy each adapt
 to every test task (first-order steps, as at validation); their class probabilities are averaged
-(we average probabilities; the original code averaged raw logits) and the ensemble's per-task
+(`schedule.ensemble='probabilities'`), or their raw logits (`'logits'`, as the authors' code does:
+experiment_builder.py:282 at 86964701, docs/fidelity.md row 4), and the ensemble's per-task
 accuracy is reported as mean, std and 95% confidence interval over the test tasks.
 """
 
@@ -19,7 +20,8 @@ from mamlpp.errors import MamlppError
 from mamlpp.runs.checkpoints import load_checkpoint, load_learner_state
 from mamlpp.runs.tracking import CorruptFileError
 
-ENSEMBLE = "mean of class probabilities"
+ENSEMBLE = {"probabilities": "mean of class probabilities", "logits": "mean of raw logits"}
+"""test.json's description of each `schedule.ensemble` choice."""
 
 
 def load_learners(
@@ -53,18 +55,24 @@ def ensemble_accuracies(
     learners: Sequence[MetaLearner], sampler: Any, chunks: Sequence[range],
     between: Callable[[], None] = lambda: None,
 ) -> torch.Tensor:  # fmt: skip
-    """[tasks] accuracy of the averaged class probabilities, task by task; `between` is called
-    before each chunk (a stop request raises there)."""
+    """[tasks] accuracy of the ensemble's vote, task by task: the argmax of the members' mean
+    class probabilities or mean logits (`schedule.ensemble` of the first member's config);
+    `between` is called before each chunk (a stop request raises there)."""
+    field = "logits" if learners[0].config.schedule.ensemble == "logits" else "probs"
     out = []
     for chunk in chunks:
         between()
         batch = sampler.batch(chunk)
-        probs = torch.stack([learner.evaluate(batch).probs.double() for learner in learners]).mean(
-            0
-        )
-        correct = probs.argmax(-1) == batch.target_y.to(probs.device)
+        scores = [getattr(learner.evaluate(batch), field).double() for learner in learners]
+        vote = vote_of(scores)
+        correct = vote.argmax(-1) == batch.target_y.to(vote.device)
         out.append(correct.double().mean(-1))
     return torch.cat(out)
+
+
+def vote_of(scores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The members' scores (probabilities or logits, each [B, n, N]) averaged."""
+    return torch.stack(list(scores)).mean(0)
 
 
 def summarise(accuracies: torch.Tensor) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """From a command line to a resolved config and its run directory.
 
-One run = one resolved ``Config`` (preset -> scale -> ``--set`` overrides -> seed) in one run
+One run = one resolved ``Config`` (preset -> scale -> fidelity -> other ``--set`` overrides ->
+seed) in one run
 directory named by ``run_name`` (docs/run-directory.md). Running the same command again finds
 the same directory; ``start_run_directory`` refuses a directory that holds another config.
 """
@@ -51,7 +52,9 @@ def _spell(value: Any) -> str:
 
 
 def resolve_config(preset: str, overrides: Sequence[str], seed: int, scale: str) -> Config:
-    """preset -> scale -> ``--set`` overrides -> seed."""
+    """preset -> scale -> fidelity (a ``fidelity=...`` override, `config.apply_fidelity`) ->
+    the other ``--set`` overrides -> seed. The fidelity is an override, so it is part of the run
+    name (`run_name`): runs of the two fidelities never share a directory."""
     config = apply_scale(get_preset(preset).config, scale)
     config = apply_overrides(config, list(overrides))
     if "seed" in overrides_dict(list(overrides)):

@@ -362,7 +362,7 @@ def test_run(
     result: dict[str, Any] = {
         **ensemble.summarise(accuracies),
         "checkpoint_epochs": used,
-        "ensemble": ensemble.ENSEMBLE,
+        "ensemble": ensemble.ENSEMBLE[config.schedule.ensemble],
         "test_seed": config.data.test_seed,
     }
     if skipped:
