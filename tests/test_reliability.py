@@ -210,7 +210,9 @@ def test_the_stage_limit_follows_the_model() -> None:
         for stages in range(1, 7):
             config = Config(model=ModelConfig(filters=3, stages=stages, downsample=downsample))
             side = downsampled_side(config.image_size, stages, downsample)
-            assert NetSpec.from_config(config).feature_size == 3 * side * side
+            assert NetSpec.from_config(config).final_side == side
+            # the strided network averages each last map to 1x1 before its head (docs/fidelity.md)
+            assert NetSpec.from_config(config).feature_size == (3 if downsample == "stride" else 3 * side * side)
     with pytest.raises(ConfigError, match="at most 6 for 84x84 miniimagenet images"):
         resolve_config("miniimagenet_5way_1shot_maml", ["model.stages=7"], 0, "smoke")
     resolve_config("miniimagenet_5way_1shot_maml", ["model.stages=6"], 0, "smoke")
