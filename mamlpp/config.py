@@ -178,8 +178,9 @@ class Config:
     grouped convolutions), 'loop' (reference per-task loop), 'auto' (fastest measured)."""
     cuda_graph: bool = True
     """On a CUDA device with the folded engine, record each outer iteration once as a CUDA graph
-    and replay it: the same arithmetic in one launch instead of thousands (mamlpp/cuda_graph.py,
-    benchmarks/RESULTS.md). False runs it eagerly. Ignored on the CPU."""
+    and replay it: the same arithmetic in one launch instead of thousands
+    (mamlpp/engine/cuda_graph.py, benchmarks/RESULTS.md#gpu). False runs it eagerly. Ignored on
+    the CPU."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
@@ -423,8 +424,7 @@ def overrides_dict(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
 # ---------------------------------------------------------------- scales
 
 # 15 x 60 = 900 iterations: the fewest measured to bring the README's main job (Omniglot 5-way
-# 1-shot MAML++, seed 0) to 95% on the 600 test tasks (95.17%, 9 min on the 2-core CPU;
-# 10 epochs gave 93.30% in 6.4 min: benchmarks/RESULTS.md).
+# 1-shot MAML++, seed 0) to 95% on the 600 test tasks (benchmarks/RESULTS.md#cpu).
 SMOKE_EPOCHS = 15
 SMOKE_ITERATIONS = 60
 SMOKE_VAL_TASKS = 40
