@@ -16,18 +16,7 @@ from mamlpp.engine.inner_loop import task_loss
 from mamlpp.engine.learner import MetaLearner
 from mamlpp.kernels import KernelOptions, cpu
 from mamlpp.presets import synthetic_config
-
-
-def random_batch(c: Config, tasks: int, seed: int = 0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    n, k, q = c.data.n_way, c.data.k_shot, c.data.target_per_class
-    shape = (c.in_channels, c.image_size, c.image_size)
-    return TaskBatch(
-        torch.rand(tasks, n * k, *shape, generator=g),
-        torch.arange(n).repeat_interleave(k).repeat(tasks, 1),
-        torch.rand(tasks, n * q, *shape, generator=g),
-        torch.arange(n).repeat_interleave(q).repeat(tasks, 1),
-    )
+from tests.support.tiny import random_batch
 
 
 def smooth_config(**changes: object) -> Config:

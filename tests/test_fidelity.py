@@ -15,30 +15,18 @@ import torch
 
 from mamlpp.config import Config, apply_overrides, apply_scale
 from mamlpp.data import omniglot
-from mamlpp.data.batch import TaskBatch
 from mamlpp.engine import model, schedules
 from mamlpp.engine.learner import MetaLearner
 from mamlpp.presets import PRESETS, get_preset, synthetic_config
 from mamlpp.runs import ensemble
 from mamlpp.runs.resolve import resolve_config, run_name
+from tests.support.tiny import random_batch
 
 PRESET = "omniglot_5way_1shot_mamlpp"
 
 
 def reference(config: Config) -> Config:
     return apply_overrides(config, ["fidelity=reference-code"])
-
-
-def random_batch(c: Config, tasks: int, seed: int = 0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    n, k, q = c.data.n_way, c.data.k_shot, c.data.target_per_class
-    shape = (c.in_channels, c.image_size, c.image_size)
-    return TaskBatch(
-        torch.rand(tasks, n * k, *shape, generator=g),
-        torch.arange(n).repeat_interleave(k).repeat(tasks, 1),
-        torch.rand(tasks, n * q, *shape, generator=g),
-        torch.arange(n).repeat_interleave(q).repeat(tasks, 1),
-    )
 
 
 # ---------------------------------------------------------------- resolving a config

@@ -40,20 +40,10 @@ from mamlpp.experiments.sweep import build_sweep
 from mamlpp.runs import tracking
 from mamlpp.runs.resolve import resolve_config, run_name
 from mamlpp.runs.tracking import RunDirectory, RunDirectoryError
+from tests.support.tiny import TINY_RUN_OVERRIDES
 
 PRESET = "omniglot_5way_1shot_mamlpp"
-OVERRIDES = [
-    "data.dataset=synthetic",
-    "model.filters=8",
-    "inner.steps=2",
-    "inner.eval_steps=2",
-    "outer.meta_batch_size=2",
-    "schedule.epochs=4",
-    "schedule.iterations_per_epoch=3",
-    "schedule.val_tasks=4",
-    "schedule.test_tasks=4",
-    "schedule.ensemble_top_k=2",
-]
+OVERRIDES = TINY_RUN_OVERRIDES
 
 
 def _train_args(runs: Path, *extra: str) -> list[str]:

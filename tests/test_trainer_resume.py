@@ -24,19 +24,9 @@ from mamlpp.runs import trainer
 from mamlpp.runs.resolve import resolve_config, start_run_directory
 from mamlpp.runs.tracking import RunDirectory, read_jsonl
 from mamlpp.runs.trainer import RunOptions
+from tests.support.tiny import TINY_RUN_OVERRIDES
 
-OVERRIDES = [
-    "data.dataset=synthetic",
-    "model.filters=8",
-    "inner.steps=2",
-    "inner.eval_steps=2",
-    "outer.meta_batch_size=2",
-    "schedule.epochs=4",
-    "schedule.iterations_per_epoch=3",
-    "schedule.val_tasks=4",
-    "schedule.test_tasks=4",
-    "schedule.ensemble_top_k=2",
-]
+OVERRIDES = TINY_RUN_OVERRIDES
 # epochs 0-1 weigh both inner steps, epochs 2-3 the last only: two graphs over the run
 GRAPH_OVERRIDES = [*OVERRIDES, "outer.msl_epochs=2"]
 
