@@ -150,3 +150,25 @@ def test_seed_stack_refuses_what_it_cannot_train_together() -> None:
     fresh.train_step(random_batch(c, 2, 0), 0)
     with pytest.raises(ValueError, match="different steps"):
         stack.load_state_dicts([fresh.state_dict(), MetaLearner(c, dtype=torch.float64).state_dict()])
+
+
+def test_graphed_seed_step_logic_equals_train_step_without_recording() -> None:
+    """The CUDA-graph step's static-input iteration, run unrecorded on the CPU, updates a
+    SeedStack exactly as its eager train_step (through MSL's switch: two graphs)."""
+    from mamlpp.engine.seeds import GraphedSeedStep
+
+    configs = [replace(tiny(), seed=s) for s in range(3)]
+    eager = SeedStack(configs, dtype=torch.float64)
+    graphed = SeedStack(configs, dtype=torch.float64)
+    step = GraphedSeedStep(graphed, record=False)
+    for epoch in range(3):
+        batch = eager.join([random_batch(configs[0], 2, 10 * epoch + s) for s in range(3)])
+        a, g = eager.train_step(batch, epoch), step(batch, epoch)
+        for s in range(3):
+            assert g[s].loss == pytest.approx(a[s].loss, rel=1e-12)
+            assert g[s].accuracy == pytest.approx(a[s].accuracy, rel=1e-12)
+            close(g[s].grad_stats, a[s].grad_stats, f"epoch {epoch} seed {s}")
+    assert len(step.graphs) == 2
+    for s in range(3):
+        close(graphed.state_dict(s)["meta_parameters"], eager.state_dict(s)["meta_parameters"], "params")
+        close(graphed.state_dict(s)["running_stats"], eager.state_dict(s)["running_stats"], "running")

@@ -25,14 +25,15 @@ as one group rather than `task_threads` groups: differences of rounding size
 
 `state_dict(s)` gives seed s's state in exactly `MetaLearner.state_dict`'s format, and
 `load_state_dicts` takes S of them, so checkpoints, the ensemble and the test code are the
-single-run ones; `learner(s)` is a `MetaLearner` holding seed s's state (for validation and test).
+single-run ones; `learner(s)` is a `MetaLearner` holding seed s's state (for validation and test). On a GPU the
+joint step replays as a CUDA graph like a single run's (`GraphedSeedStep`, `training_step`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,8 @@ from torch import Tensor
 from mamlpp import kernels
 from mamlpp.config import Config
 from mamlpp.data.batch import TaskBatch
-from mamlpp.engine import model, schedules
+from mamlpp.engine import cuda_graph, model, schedules
+from mamlpp.engine.cuda_graph import GraphedTrainStep
 from mamlpp.engine.inner_loop import Forward, Rates, inner_loop
 from mamlpp.engine.learner import (
     GRAD_STATS,
@@ -112,6 +114,7 @@ class SeedStack:
         self.seeds = len(configs)
         if choose_engine(self.config) != "folded":
             raise ValueError("seeds are trained together by the folded engine only")
+        self.engine = "folded"
         self.device = torch.device(device)
         self.dtype = dtype
         self.kernel_options = kernel_options
@@ -383,6 +386,44 @@ class SeedStack:
         single = MetaLearner(self.configs[seed], self.device, self.dtype, self.kernel_options)
         single.load_state_dict(self.state_dict(seed))
         return single
+
+
+class GraphedSeedStep(GraphedTrainStep):
+    """`SeedStack.train_step` as a replayed CUDA graph (`cuda_graph.GraphedTrainStep`):
+    `step = GraphedSeedStep(stack); step(joined_batch, epoch)` -> one `StepResult` per seed
+    (per-step target losses not read back, as for one seed)."""
+
+    def __init__(self, stack: SeedStack, record: bool = True) -> None:
+        super().__init__(stack, record)
+        self.stack = stack
+
+    def __call__(self, batch: TaskBatch, epoch: int) -> list[StepResult]:  # type: ignore[override]
+        values, plan = self._replay(batch, epoch)
+        seeds, p = self.stack.seeds, len(self.names)
+        stats = values[2 * seeds :]
+        return [
+            StepResult(
+                loss=values[s],
+                accuracy=values[seeds + s],
+                msl_weights=list(plan.weights),  # type: ignore[arg-type]
+                second_order=plan.second_order,
+                grad_stats={
+                    name: dict(zip(GRAD_STATS, stats[4 * (s * p + i) : 4 * (s * p + i) + 4], strict=True))
+                    for i, name in enumerate(self.names)
+                },
+                step_losses=[None] * len(plan.weights),
+            )
+            for s in range(seeds)
+        ]
+
+
+def training_step(stack: SeedStack) -> Callable[[TaskBatch, int], list[StepResult]]:
+    """The joint outer update the trainer calls: `GraphedSeedStep` where CUDA graphs apply
+    (`cuda_graph.applies`; build the stack with capturable=True, after restoring it), else the
+    eager `SeedStack.train_step`."""
+    if cuda_graph.applies(stack.config, stack.device):
+        return GraphedSeedStep(stack)
+    return stack.train_step
 
 
 def seed_gradient_rows(meta: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:

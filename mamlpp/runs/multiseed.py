@@ -19,13 +19,15 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from mamlpp.config import Config
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine import cuda_graph, seeds
 from mamlpp.engine.learner import MetaLearner, StepResult
 from mamlpp.engine.seeds import SeedStack
 from mamlpp.errors import MamlppError
@@ -100,10 +102,11 @@ def _restore_all(
 
 
 def train_epoch_together(
-    stack: SeedStack, samplers: Sequence[Sampler], epoch: int, progress: bool, stop: StopRequest,
+    stack: SeedStack, train_step: Callable[[TaskBatch, int], list[StepResult]],
+    samplers: Sequence[Sampler], epoch: int, progress: bool, stop: StopRequest,
 ) -> tuple[list[EpochMeans], list[list[dict[str, Any]]]]:  # fmt: skip
     """`trainer.train_epoch` for every seed at once: iteration t trains each seed on its own
-    sampler's meta-batch t in one `SeedStack.train_step`."""
+    sampler's meta-batch t in one joint step (`seeds.training_step`)."""
     config = stack.config
     b, iters = config.outer.meta_batch_size, config.schedule.iterations_per_epoch
     means = [EpochMeans() for _ in samplers]
@@ -118,7 +121,7 @@ def train_epoch_together(
             stop.check()
         t = epoch * iters + i
         indices = range(t * b, (t + 1) * b)
-        steps: list[StepResult] = stack.train_step([s.batch(indices) for s in samplers], epoch)
+        steps = train_step(stack.join([s.batch(indices) for s in samplers]), epoch)
         for seed_config, step in zip(stack.configs, steps, strict=True):
             if not math.isfinite(step.loss):
                 bar.close()
@@ -146,10 +149,14 @@ def _train_together(
     config = configs[0]
     torch.manual_seed(config.seed)
     try:
-        stack = SeedStack(configs, options.device, kernel_options=options.kernel_options)
+        stack = SeedStack(
+            configs, options.device, kernel_options=options.kernel_options,
+            capturable=cuda_graph.applies(config, options.device),
+        )  # fmt: skip
     except ValueError as e:
         raise MamlppError(f"these runs cannot be trained together: {e}") from None
     next_epoch, top_ks = _restore_all(stack, configs, run_dirs, options.device)
+    train_step = seeds.training_step(stack)  # after restoring: it reads the optimizer state
     if next_epoch > 0:
         options.log(f"resuming {len(configs)} seeds after epoch {next_epoch - 1}")
     root, device = options.data_root, options.device
@@ -166,7 +173,9 @@ def _train_together(
         with stop_on_signals(options.stop_on_signals) as stop:
             for epoch in range(next_epoch, epochs):
                 start = time.perf_counter()
-                means, iterations = train_epoch_together(stack, trains, epoch, options.progress, stop)
+                means, iterations = train_epoch_together(
+                    stack, train_step, trains, epoch, options.progress, stop
+                )
                 train_seconds = time.perf_counter() - start
                 rows: list[tuple[dict[str, Any], bool, MetaLearner]] = []
                 for s, run_dir in enumerate(run_dirs):
