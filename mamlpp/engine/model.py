@@ -206,7 +206,15 @@ def per_task(v: Tensor, tasks: int) -> Tensor:
     every task; from [S, F] (one per seed), seed s's for its tasks/S consecutive tasks."""
     if v.dim() == 1:
         return v.repeat(tasks)
-    return v.repeat_interleave(tasks // v.shape[0], 0).reshape(-1)
+    return seed_rows(v, tasks // v.shape[0]).reshape(-1)
+
+
+def seed_rows(v: Tensor, per_seed: int) -> Tensor:
+    """[S, ...] -> [S*per_seed, ...]: each seed's slice once for each of its tasks (expand and
+    reshape, as repeat_interleave, but never reading a size back from the device, so a CUDA
+    graph can record it)."""
+    seeds = v.shape[0]
+    return v.unsqueeze(1).expand(seeds, per_seed, *v.shape[1:]).reshape(seeds * per_seed, *v.shape[1:])
 
 
 def task_average(v: Tensor, tasks: int, seeds: int | None) -> Tensor:

@@ -18,10 +18,10 @@ backward of the sum over seeds therefore gives each seed's slice its own gradien
 Adam are elementwise (one Adam over the stacked tensors is S Adams; all seeds step together so
 their step counts agree); running statistics are updated per seed with per-seed batch means.
 What differs from S separate `MetaLearner` runs is summation order only (the gradient of a
-weight shared by a seed's tasks is summed over repeat_interleave's copies instead of over an
-expand, and per-seed means reduce over a strided view) and, on the CPU, that the S*B tasks run
-as one group rather than `task_threads` groups: differences of rounding size
-(tests/test_seeds.py compares against separate learners in float64).
+weight shared by a seed's tasks is summed over its tasks' copies, `model.seed_rows`, rather
+than through a plain expand; per-seed means reduce over a strided view) and, on the CPU, that
+the S*B tasks run as one group rather than in `task_threads` groups: differences of rounding
+size (tests/test_seeds.py compares against separate learners in float64).
 
 `state_dict(s)` gives seed s's state in exactly `MetaLearner.state_dict`'s format, and
 `load_state_dicts` takes S of them, so checkpoints, the ensemble and the test code are the
@@ -194,7 +194,7 @@ class SeedStack:
         if not self.rates:
             return {k: self.config.inner.lr for k in self.adapted_names}
         return {
-            k: (v.detach() if detach else v).repeat_interleave(per_seed, 0)
+            k: model.seed_rows(v.detach() if detach else v, per_seed)
             for k, v in self.rates.items()
         }
 
@@ -211,7 +211,7 @@ class SeedStack:
         batch = batch.to(self.device, self.dtype)
         per_seed = self._tasks_per_seed(batch)
         stats: list[model.BatchNormStats] = []
-        fast = {k: self.params[k].repeat_interleave(per_seed, 0) for k in self.adapted_names}
+        fast = {k: model.seed_rows(self.params[k], per_seed) for k in self.adapted_names}
         support, target = self._prepared(batch)
         result = inner_loop(
             self._forward(self.params, "batch", stats),
@@ -302,7 +302,7 @@ class SeedStack:
         support, target = self._prepared(batch)
         with torch.enable_grad():
             fast = {
-                k: shared[k].repeat_interleave(per_seed, 0).requires_grad_()
+                k: model.seed_rows(shared[k], per_seed).clone().requires_grad_()
                 for k in self.adapted_names
             }
             result = inner_loop(

@@ -26,6 +26,7 @@ from mamlpp.engine.model import (
     activate_and_downsample,
     bn_set,
     seed_count,
+    seed_rows,
     task_average,
 )
 
@@ -64,7 +65,7 @@ def batch_norm_as_affine(
     seeds = seed_count(shared["bn0.weight"])
     if seeds is not None:  # [S, F] per seed -> [tasks, F]
         tasks = w.shape[0]
-        gamma, beta = (v.repeat_interleave(tasks // seeds, 0) for v in (gamma, beta))
+        gamma, beta = (seed_rows(v, tasks // seeds) for v in (gamma, beta))
     scale = gamma * torch.rsqrt(var + BN_EPS)
     shift = (bias - mean) * scale + beta
     if stats_out is not None:
