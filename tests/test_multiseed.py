@@ -43,9 +43,9 @@ PRESET = "omniglot_5way_1shot_mamlpp"
 REL = 1e-4
 
 
-def _train(runs: Path, seeds: list[int], overrides: list[str] = OVERRIDES) -> Any:
+def _train(runs: Path, seeds: list[int], overrides: list[str] = OVERRIDES, wandb: str = "off") -> Any:
     args = ["train", "--preset", PRESET, "--scale", "smoke", "--runs-dir", str(runs)]
-    args += ["--wandb", "off", "--device", "cpu", "--no-progress"]
+    args += ["--wandb", wandb, "--device", "cpu", "--no-progress"]
     args += [a for s in seeds for a in ("--seed", str(s))]
     args += [a for o in overrides for a in ("--set", o)]
     return CliRunner().invoke(main, args)
@@ -119,7 +119,11 @@ def test_two_seeds_together_write_what_separate_runs_write(tmp_path: Path) -> No
 
 
 def test_cli_trains_seeds_into_their_own_run_directories(tmp_path: Path) -> None:
-    done = _train(tmp_path, [0, 1])
+    """Each seed's run directory, config.json, checkpoints, test.json and W&B run (offline, in
+    one process: W&B's create_new runs) as its own command would write them."""
+    from tests.support.wandb_records import history
+
+    done = _train(tmp_path, [0, 1], wandb="offline")
     assert done.exit_code == 0, done.output
     for seed in (0, 1):
         run_dir = _run_dir(tmp_path, seed)
@@ -131,6 +135,9 @@ def test_cli_trains_seeds_into_their_own_run_directories(tmp_path: Path) -> None
         assert run_dir.read_test() is not None
         assert str(run_dir.path.resolve()) not in tracking._HELD_LOCKS  # unlocked
         assert load_latest(run_dir)["epoch"] == 2
+        (wandb_file,) = (run_dir.path / "wandb").glob("offline-run-*/run-*.wandb")
+        logged = [row["val/acc"] for row in history(wandb_file) if "val/acc" in row]
+        assert logged == [row["val/acc"] for row in run_dir.read_metrics()]
     again = _train(tmp_path, [0, 1])  # finished: the same command only reports
     assert again.exit_code == 0 and again.output.count("already finished") == 2
 
