@@ -364,3 +364,22 @@ def test_slurm_executor_without_submitit_is_a_one_line_error(
         "error: --executor slurm needs submitit"
     )
     assert _calls(fake_train) == []
+
+
+def test_seeds_train_together_where_gpus_are_visible(
+    fake_train: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a GPU each preset's seeds are one `mamlpp train --seed 0 --seed 1` process
+    (mamlpp.runs.multiseed); --seeds-apart (and the CPU) keep one process per seed."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    runs = tmp_path / "runs"
+    args = ["sweep", "run", "table1", "--scale", "smoke", "--runs-dir", str(runs)]
+    args += ["--preset", ROWS[0], "--preset", ROWS[1], "--seed", "0", "--seed", "1", "--dry-run"]
+    out = CliRunner().invoke(main, args).output
+    commands = [line for line in out.splitlines() if "--preset" in line]
+    assert len(commands) == 2 and all(c.endswith("--seed 0 --seed 1") for c in commands), out
+    out = CliRunner().invoke(main, [*args, "--seeds-apart"]).output
+    assert len([line for line in out.splitlines() if "--preset" in line]) == 4, out
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    out = CliRunner().invoke(main, args).output
+    assert len([line for line in out.splitlines() if "--preset" in line]) == 4, out

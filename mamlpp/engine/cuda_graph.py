@@ -11,12 +11,14 @@ The graph wraps the learner's own optimizer: the learner builds it capturable (`
 the trainer when), and the step points its learning rate at a device tensor. Only the numbers
 read back differ in form from `MetaLearner.train_step`: one transfer per iteration, and the
 per-step target losses are not read back. `training_step(learner)` picks this or the eager
-`train_step`: the trainer's single entry.
+`train_step`: the trainer's single entry. A `seeds.SeedStack` is graphed the same way
+(`seeds.GraphedSeedStep`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -27,6 +29,29 @@ from mamlpp.engine.learner import GRAD_STATS, MetaLearner, StepPlan, StepResult,
 
 GraphKey = tuple[frozenset[int], bool]
 TrainStep = Callable[[TaskBatch, int], StepResult]
+
+
+class Graphable(Protocol):
+    """What the graphed step uses of a learner: a `MetaLearner`, or a `seeds.SeedStack`."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def dtype(self) -> torch.dtype: ...
+    @property
+    def engine(self) -> str: ...
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
+    @property
+    def running(self) -> dict[str, Tensor]: ...
+
+    def meta_parameters(self) -> dict[str, Tensor]: ...
+    def gradient_names(self) -> list[str]: ...
+    def plan(self, epoch: int) -> StepPlan: ...
+    def meta_lr(self, epoch: int) -> float: ...
+    def outer_step(self, batch: TaskBatch, plan: StepPlan) -> tuple[Any, Tensor]: ...
 
 
 def applies(config: Config, device: str | torch.device) -> bool:
@@ -47,7 +72,7 @@ def training_step(learner: MetaLearner) -> TrainStep:
 class GraphedTrainStep:
     """`step = GraphedTrainStep(learner); step(batch, epoch)` replaces `learner.train_step`."""
 
-    def __init__(self, learner: MetaLearner, record: bool = True) -> None:
+    def __init__(self, learner: Graphable, record: bool = True) -> None:
         """record=False runs the same static-input iteration without recording a graph (on any
         device): how the tests check this module's logic against `train_step` on the CPU."""
         if learner.engine != "folded" or (record and learner.device.type != "cuda"):
@@ -68,15 +93,7 @@ class GraphedTrainStep:
         self.names: list[str] = []
 
     def __call__(self, batch: TaskBatch, epoch: int) -> StepResult:
-        learner = self.learner
-        plan = learner.plan(epoch)
-        key: GraphKey = (plan.target_steps, plan.second_order)
-        self._load_inputs(batch.to(learner.device, learner.dtype), plan, epoch)
-        if key not in self.graphs:
-            self.graphs[key] = self._record(key)
-        graph, output = self.graphs[key]
-        graph.replay()
-        values = output.double().cpu().tolist()
+        values, plan = self._replay(batch, epoch)
         stats = values[2:]
         return StepResult(
             loss=values[0],
@@ -91,6 +108,19 @@ class GraphedTrainStep:
         )
 
     # ------------------------------------------------------------------ internals
+    def _replay(self, batch: TaskBatch, epoch: int) -> tuple[list[float], StepPlan]:
+        """Load the inputs, replay (recording first if new) the plan's graph, read its output
+        back: [losses..., accuracies..., gradient statistics...] (`_iteration`)."""
+        learner = self.learner
+        plan = learner.plan(epoch)
+        key: GraphKey = (plan.target_steps, plan.second_order)
+        self._load_inputs(batch.to(learner.device, learner.dtype), plan, epoch)
+        if key not in self.graphs:
+            self.graphs[key] = self._record(key)
+        graph, output = self.graphs[key]
+        graph.replay()
+        return output.double().cpu().tolist(), plan
+
     def _load_inputs(self, batch: TaskBatch, plan: StepPlan, epoch: int) -> None:
         if self.static is None:
             self.static = TaskBatch(*(t.clone() for t in batch))
@@ -139,7 +169,9 @@ class GraphedTrainStep:
         return graph, output
 
     def _iteration(self, key: GraphKey) -> Tensor:
-        """`learner.outer_step` on the static inputs, returning [loss, acc, grad stats...]."""
+        """`learner.outer_step` on the static inputs, returning [loss, acc, grad stats...] (for
+        a `SeedStack`: every seed's loss, then every seed's accuracy, then its [S, P, 4]
+        gradient statistics flattened)."""
         target_steps, second_order = key
         assert self.static is not None
         plan = StepPlan(list(self.weights.unbind(0)), second_order, target_steps)
@@ -147,8 +179,8 @@ class GraphedTrainStep:
         self.names = self.learner.gradient_names()
         accuracy = result.step_accuracy_values[-1]
         assert accuracy is not None
-        head = torch.stack([result.loss.detach(), accuracy.to(result.loss.dtype)])
-        return torch.cat([head, rows.flatten()])
+        loss = result.loss.detach()
+        return torch.cat([loss.reshape(-1), accuracy.to(loss.dtype).reshape(-1), rows.flatten()])
 
 
 class _Unrecorded:

@@ -18,7 +18,8 @@ from torch import Tensor
 Forward = Callable[[Mapping[str, Tensor], Tensor, int], Tensor]
 """(fast weights, images, step) -> logits [..., n, N]."""
 Rates = Mapping[str, Tensor | float]
-"""Adapted tensor name -> learning rate per step (a [steps] tensor with LSLR, else alpha)."""
+"""Adapted tensor name -> learning rate per step (a [steps] tensor with LSLR, else alpha; or one
+row per task, [tasks, steps], when the tasks belong to different seeds: `engine.seeds`)."""
 
 
 @dataclass
@@ -41,9 +42,15 @@ def task_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.detach().argmax(-1) == labels).float().mean(-1)
 
 
-def _rate(rates: Rates, name: str, step: int) -> Tensor | float:
+def _rate(rates: Rates, name: str, step: int, grad: Tensor) -> Tensor | float:
+    """The step's rate for `name`: a scalar, or with per-task rates ([tasks, steps]) a [tasks]
+    column shaped to broadcast against the task-batched `grad`."""
     r = rates[name]
-    return r[step] if isinstance(r, Tensor) else r
+    if not isinstance(r, Tensor):
+        return r
+    if r.dim() == 1:
+        return r[step]
+    return r[:, step].view(-1, *[1] * (grad.dim() - 1))
 
 
 def inner_loop(
@@ -70,7 +77,7 @@ def inner_loop(
         grads = torch.autograd.grad(
             support_loss.sum(), [fast[k] for k in names], create_graph=second_order
         )
-        fast = {k: fast[k] - _rate(rates, k, step) * g for k, g in zip(names, grads, strict=True)}
+        fast = {k: fast[k] - _rate(rates, k, step, g) * g for k, g in zip(names, grads, strict=True)}
         if step in target_steps or step == steps - 1:
             logits = forward(fast, target[0], step)
             result.target_losses.append(task_loss(logits, target[1]))

@@ -117,18 +117,7 @@ class MetaLearner:
         self.engine = choose_engine(config)
         self.kernels = kernels.choose(self.device, self.spec, kernel_options)
         self.task_threads = kernel_options.task_threads
-        init_seed = config.seed if config.model.init_seed is None else config.model.init_seed
-        generator = torch.Generator().manual_seed(init_seed)
-        init = model.init_params(self.spec, generator)
-        self.params = {k: v.to(self.device, dtype).requires_grad_() for k, v in init.items()}
-        self.rates: dict[str, Tensor] = {}
-        if config.inner.lslr:
-            for name in self.adapted_names:
-                full = torch.full((config.bn_sets,), config.inner.lr, device=self.device, dtype=dtype)
-                self.rates[name] = full.requires_grad_()
-        self.running = {
-            k: v.to(self.device, dtype) for k, v in model.init_running_stats(self.spec).items()
-        }
+        self.params, self.rates, self.running = initial_state(config, self.device, dtype)
         o = config.outer
         self.optimizer = torch.optim.Adam(
             list(self.meta_parameters().values()), lr=o.lr, betas=o.betas, capturable=capturable
@@ -407,6 +396,25 @@ class MetaLearner:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def initial_state(
+    config: Config, device: torch.device, dtype: torch.dtype
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """A fresh learner's (network parameters, LSLR rates, running statistics) for `config`: the
+    weights drawn from `model.init_seed`, else the run's seed; the rates all `inner.lr`."""
+    spec = model.NetSpec.from_config(config)
+    init_seed = config.seed if config.model.init_seed is None else config.model.init_seed
+    generator = torch.Generator().manual_seed(init_seed)
+    init = model.init_params(spec, generator)
+    params = {k: v.to(device, dtype).requires_grad_() for k, v in init.items()}
+    rates: dict[str, Tensor] = {}
+    if config.inner.lslr:
+        for name in spec.adapted_names:
+            full = torch.full((config.bn_sets,), config.inner.lr, device=device, dtype=dtype)
+            rates[name] = full.requires_grad_()
+    running = {k: v.to(device, dtype) for k, v in model.init_running_stats(spec).items()}
+    return params, rates, running
 
 
 def choose_engine(config: Config) -> str:

@@ -19,6 +19,12 @@ once per batch, the first stage, max-pooling, the batch-norm kernel). This modul
 interface and the plain paths; ``mamlpp.kernels`` builds the fast ones and chooses them once
 per learner from the device and the network's shape. The model never imports a kernel.
 
+Several seeds trained together (`mamlpp.engine.seeds`) stack every meta-parameter with a leading
+seed dimension: the fast weights then hold seed s's tasks at [s*B, (s+1)*B), and the batch-norm
+tensors given as [S, sets, F] give each seed's tasks their seed's scale/shift (and statistics),
+with batch statistics returned per seed ([S, F]). Plain [sets, F] tensors take the single-run
+path unchanged.
+
 Batch statistics are computed functionally and *returned* (``BatchNormStats``), never written
 into buffers inside the forward; the learner applies them to the running statistics afterwards.
 """
@@ -97,7 +103,7 @@ class BatchNormStats(NamedTuple):
 
     layer: int
     step: int
-    mean: Tensor
+    mean: Tensor  # [F], or [S, F] per seed (`seed_count`)
     var: Tensor  # unbiased, as torch's running-variance update uses
 
 
@@ -166,19 +172,57 @@ def batch_norm(
     scale/shift set, and either the running statistics of the step's set or the batch
     statistics (computed by `kernel`, default `batch_norm_fused`, and appended to `stats_out`)."""
     a = min(step, spec.affine_sets - 1)
-    weight = params[f"bn{layer}.weight"][a].repeat(tasks)
-    bias = params[f"bn{layer}.bias"][a].repeat(tasks)
+    weight = per_task(bn_set(params[f"bn{layer}.weight"], a), tasks)
+    bias = per_task(bn_set(params[f"bn{layer}.bias"], a), tasks)
     if mode == "running":
         s = min(step, spec.stat_sets - 1)
-        mean = running[f"bn{layer}.running_mean"][s].repeat(tasks)
-        var = running[f"bn{layer}.running_var"][s].repeat(tasks)
+        mean = per_task(bn_set(running[f"bn{layer}.running_mean"], s), tasks)
+        var = per_task(bn_set(running[f"bn{layer}.running_var"], s), tasks)
         return F.batch_norm(h, mean, var, weight, bias, training=False, eps=BN_EPS)
     out, mean, var = (kernel or batch_norm_fused)(h, weight, bias)
     if stats_out is not None:
+        seeds = seed_count(params[f"bn{layer}.weight"])
         stats_out.append(
-            BatchNormStats(layer, step, mean.view(tasks, -1).mean(0), var.view(tasks, -1).mean(0))
+            BatchNormStats(
+                layer, step, task_average(mean, tasks, seeds), task_average(var, tasks, seeds)
+            )
         )
     return out
+
+
+def bn_set(t: Tensor, index: int) -> Tensor:
+    """Set `index` of a batch-norm tensor: [sets, F] -> [F], or of one stacked per seed
+    (`mamlpp.engine.seeds`) [S, sets, F] -> [S, F]."""
+    return t[index] if t.dim() == 2 else t[:, index]
+
+
+def seed_count(bn_tensor: Tensor) -> int | None:
+    """S for a batch-norm tensor stacked per seed ([S, sets, F]), None for a plain one."""
+    return None if bn_tensor.dim() == 2 else bn_tensor.shape[0]
+
+
+def per_task(v: Tensor, tasks: int) -> Tensor:
+    """A batch-norm vector for each of `tasks` folded tasks, [tasks*F]: from [F], the same for
+    every task; from [S, F] (one per seed), seed s's for its tasks/S consecutive tasks."""
+    if v.dim() == 1:
+        return v.repeat(tasks)
+    return seed_rows(v, tasks // v.shape[0]).reshape(-1)
+
+
+def seed_rows(v: Tensor, per_seed: int) -> Tensor:
+    """[S, ...] -> [S*per_seed, ...]: each seed's slice once for each of its tasks (expand and
+    reshape, as repeat_interleave, but never reading a size back from the device, so a CUDA
+    graph can record it)."""
+    seeds = v.shape[0]
+    return v.unsqueeze(1).expand(seeds, per_seed, *v.shape[1:]).reshape(seeds * per_seed, *v.shape[1:])
+
+
+def task_average(v: Tensor, tasks: int, seeds: int | None) -> Tensor:
+    """Per-task statistics ([tasks*F] or [tasks, F]) averaged over the tasks -> [F], or over
+    each seed's tasks/S consecutive tasks -> [S, F]."""
+    if seeds is None:
+        return v.view(tasks, -1).mean(0)
+    return v.view(seeds, tasks // seeds, -1).mean(1)
 
 
 def batch_norm_fused(h: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:

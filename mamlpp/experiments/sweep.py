@@ -4,7 +4,8 @@
 directory with ``mamlpp.runs.resolve.run_name``, skips the finished ones (``test.json`` exists), and
 runs the rest as ``mamlpp train`` subprocesses, JOBS at a time; unfinished runs resume because
 the trainer resumes when given the same command. With GPUs, each job slot owns one GPU
-(``CUDA_VISIBLE_DEVICES``). A second invocation after a complete sweep launches nothing. A
+(``CUDA_VISIBLE_DEVICES``) and each preset's seeds train together in one process
+(``--seed 0 --seed 1 --seed 2``, `seed_groups`). A second invocation after a complete sweep launches nothing. A
 run directory holding another config than the sweep's (trained before the code's defaults
 changed) stops it with an error naming the directory, rather than entering its tables.
 
@@ -70,6 +71,12 @@ class Sweep:
         grid parameters in exactly the form W&B's agent writes for ``${args_no_equals}``."""
         return [*self.fixed_args(), "--preset", point.preset, "--seed", str(point.seed)]
 
+    def group_args(self, points: list[GridPoint]) -> list[str]:
+        """`train_args` of one preset's points trained together in one process: the fixed
+        arguments, ``--preset P`` and one ``--seed S`` per point (`mamlpp.runs.multiseed`)."""
+        seeds = [arg for p in points for arg in ("--seed", str(p.seed))]
+        return [*self.fixed_args(), "--preset", points[0].preset, *seeds]
+
     def run_dir(self, point: GridPoint) -> Path:
         from mamlpp.config import overrides_dict
         from mamlpp.runs.resolve import run_name
@@ -104,6 +111,35 @@ def held_by_others(sweep: Sweep, points: list[GridPoint]) -> dict[GridPoint, str
 def is_finished(run_dir: Path) -> bool:
     """A run is finished iff its ``test.json`` exists (docs/run-directory.md)."""
     return (run_dir / "test.json").is_file()
+
+
+def seed_groups(sweep: Sweep, points: list[GridPoint], together: bool) -> list[list[GridPoint]]:
+    """The launches: every point alone, or (`together`) the points of one preset whose runs
+    stand at the same epoch as one ``mamlpp train --seed A --seed B ...`` (its seeds trained as
+    one folded step: faster per task on a GPU, where one meta-batch leaves the card waiting on
+    kernel launches; issue 15). Seeds at different epochs cannot resume together, so they
+    form separate launches."""
+    if not together:
+        return [[p] for p in points]
+    groups: dict[tuple[str, int | str], list[GridPoint]] = {}
+    for point in points:
+        groups.setdefault((point.preset, _progress(sweep.run_dir(point))), []).append(point)
+    return list(groups.values())
+
+
+def _progress(path: Path) -> int | str:
+    """A run's completed epochs by its latest.pt (0 without one); the path itself when that
+    cannot be read (the run then launches alone and `mamlpp train` reports the problem)."""
+    from mamlpp.runs.checkpoints import load_latest
+    from mamlpp.runs.tracking import RunDirectory
+
+    run_dir = RunDirectory(path)
+    if not run_dir.latest_path.exists():
+        return 0
+    try:
+        return int(load_latest(run_dir)["epoch"]) + 1
+    except MamlppError:
+        return str(path)
 
 
 def build_sweep(
@@ -278,9 +314,11 @@ def run_sweep(
     device: str | None,
     dry_run: bool,
     slurm: SlurmOptions | None = None,
+    seeds_together: bool | None = None,
 ) -> None:
     """Train the missing and unfinished runs here (``jobs`` at a time), or as SLURM jobs when
-    ``slurm`` is given (mamlpp.experiments.slurm)."""
+    ``slurm`` is given (mamlpp.experiments.slurm). `seeds_together`: launch each preset's
+    seeds as one process (`seed_groups`); None: where GPUs are visible (local runs only)."""
     finished, unfinished, missing = [], [], []
     for point in sweep.points:
         path = sweep.run_dir(point)
@@ -311,28 +349,32 @@ def run_sweep(
         click.echo("Nothing to train." + (" (the held runs excepted)" if held else ""))
         return
     prefix = train_command_prefix()
-    if dry_run:
-        for point in todo:
-            click.echo(shlex.join([*prefix, *sweep.train_args(point)]))
-        return
-    if slurm is not None:
+    if slurm is not None and not dry_run:
         _submit(sweep, todo, prefix, slurm)
         return
-
     gpus = visible_gpus(device)
-    n_jobs = min(resolve_jobs(jobs, gpus), len(todo))
+    together = bool(gpus) and slurm is None if seeds_together is None else seeds_together
+    groups = seed_groups(sweep, todo, together)
+    if dry_run:
+        for group in groups:
+            click.echo(shlex.join([*prefix, *sweep.group_args(group)]))
+        return
+
+    n_jobs = min(resolve_jobs(jobs, gpus), len(groups))
     try:
         sweep.runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MamlppError(f"cannot create runs dir {sweep.runs_dir}: {e.strerror}") from None
     log_dir = sweep.runs_dir / LOG_DIR_NAME
     launches = []
-    for i, point in enumerate(todo, 1):
-        name = sweep.run_dir(point).name
+    for i, group in enumerate(groups, 1):
+        name = sweep.run_dir(group[0]).name
         log = log_dir / f"{name}.log" if n_jobs > 1 else None
-        launches.append(Launch(i, len(todo), name, [*prefix, *sweep.train_args(point)], log))
+        label = name + (f" and {len(group) - 1} more seed(s)" if len(group) > 1 else "")
+        launches.append(Launch(i, len(groups), label, [*prefix, *sweep.group_args(group)], log))
     where = f"{len(gpus)} GPU(s)" if gpus else "the CPU"
-    click.echo(f"Training {len(todo)} runs, {n_jobs} at a time on {where}.")
+    joint = f" in {len(groups)} processes (seeds together)" if len(groups) < len(todo) else ""
+    click.echo(f"Training {len(todo)} runs{joint}, {n_jobs} at a time on {where}.")
 
     runner = _Runner(slot_environments(n_jobs, gpus))
     threads: list[threading.Thread] = []
@@ -366,8 +408,8 @@ def run_sweep(
 
     failed = [
         launch
-        for launch, point in zip(launches, todo, strict=True)
-        if launch.returncode != 0 or not is_finished(sweep.run_dir(point))
+        for launch, group in zip(launches, groups, strict=True)
+        if launch.returncode != 0 or not all(is_finished(sweep.run_dir(p)) for p in group)
     ]
     if failed:
         lines = "; ".join(
@@ -375,7 +417,8 @@ def run_sweep(
             for f in failed
         )
         raise MamlppError(
-            f"{len(failed)} of {len(todo)} runs did not finish: {lines}. Fix the cause and run "
+            f"{len(failed)} of {len(launches)} {'runs' if len(launches) == len(todo) else 'launches'}"
+            f" did not finish: {lines}. Fix the cause and run "
             "the same command again: finished runs are skipped, unfinished ones resume"
         )
     if held:
@@ -527,6 +570,12 @@ def sweep() -> None:
 @click.option(
     "--slurm-gpus", type=click.IntRange(min=0), default=1, show_default=True, help="GPUs per job."
 )
+@click.option(
+    "--seeds-together/--seeds-apart",
+    default=None,
+    help="Train each preset's seeds in one process as one folded step (faster per task on a "
+    "GPU), or one process per seed.  [default: together where GPUs are visible]",
+)
 def run_command(
     experiment: str,
     scale: str,
@@ -543,6 +592,7 @@ def run_command(
     slurm_partition: str | None,
     slurm_time: int,
     slurm_gpus: int,
+    seeds_together: bool | None,
 ) -> None:
     """Train every missing or unfinished run of EXPERIMENT (table1, table2, figure2).
 
@@ -567,7 +617,7 @@ def run_command(
         _train_options(data_root, device, wandb),
     )
     slurm = SlurmOptions(slurm_partition, slurm_time, slurm_gpus) if executor == "slurm" else None
-    run_sweep(s, jobs, device, dry_run, slurm)
+    run_sweep(s, jobs, device, dry_run, slurm, seeds_together)
 
 
 @sweep.command("export")

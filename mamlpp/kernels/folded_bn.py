@@ -24,6 +24,10 @@ from mamlpp.engine.model import (
     NetSpec,
     Params,
     activate_and_downsample,
+    bn_set,
+    seed_count,
+    seed_rows,
+    task_average,
 )
 
 
@@ -52,15 +56,32 @@ def batch_norm_as_affine(
 ) -> tuple[Tensor, Tensor]:
     """Batch norm (batch statistics) of the first conv's output y = w . p + b as the affine map
     y -> scale * (w . p) + shift, per task and filter ([B, F] each), from the patches' mean and
-    covariance (module docstring). `w` is [B, F, K]."""
+    covariance (module docstring). `w` is [B, F, K]; BN tensors stacked per seed ([S, sets, F])
+    give each seed's B/S tasks their own scale/shift and statistics (`model.per_task`)."""
     mean = (w @ patch_mean.unsqueeze(2)).squeeze(2) + bias  # [tasks, filters]
     var = ((w @ patch_covariance) * w).sum(2)  # biased, as batch norm normalises with
     a = min(step, spec.affine_sets - 1)
-    scale = shared["bn0.weight"][a] * torch.rsqrt(var + BN_EPS)
-    shift = (bias - mean) * scale + shared["bn0.bias"][a]
+    gamma, beta = bn_set(shared["bn0.weight"], a), bn_set(shared["bn0.bias"], a)
+    seeds = seed_count(shared["bn0.weight"])
+    if seeds is not None:  # [S, F] per seed -> [tasks, F]
+        tasks = w.shape[0]
+        gamma, beta = (seed_rows(v, tasks // seeds) for v in (gamma, beta))
+    scale = gamma * torch.rsqrt(var + BN_EPS)
+    shift = (bias - mean) * scale + beta
     if stats_out is not None:
         unbiased = var.detach() * (patch_count / max(patch_count - 1, 1))
-        stats_out.append(BatchNormStats(0, step, mean.detach().mean(0), unbiased.mean(0)))
+        if seeds is None:
+            stats_out.append(BatchNormStats(0, step, mean.detach().mean(0), unbiased.mean(0)))
+        else:
+            tasks = w.shape[0]
+            stats_out.append(
+                BatchNormStats(
+                    0,
+                    step,
+                    task_average(mean.detach(), tasks, seeds),
+                    task_average(unbiased, tasks, seeds),
+                )
+            )
     return scale, shift
 
 

@@ -1,5 +1,5 @@
-"""`mamlpp train` and `mamlpp test`: one training run into its own run directory, and rescoring
-a run's ensemble."""
+"""`mamlpp train` and `mamlpp test`: one training run into its own run directory (or several
+seeds trained together, each into its own), and rescoring a run's ensemble."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from mamlpp.errors import MamlppError
 from mamlpp.runs.resolve import resolve_config, resolve_device, run_name, start_run_directory
 from mamlpp.runs.tracking import RunDirectory, resolve_wandb_mode
 from mamlpp.runs.trainer import RunOptions, RunStopped, test_existing_run, train_run
@@ -44,7 +45,15 @@ def format_result(result: dict[str, float]) -> str:
     metavar="KEY=VALUE",
     help="Change one config field, e.g. --set inner.steps=3 (repeatable).",
 )
-@click.option("--seed", type=int, required=True, help="Drives weight init and task sampling.")
+@click.option(
+    "--seed",
+    "seeds",
+    type=int,
+    required=True,
+    multiple=True,
+    help="Drives weight init and task sampling. Repeat it to train several seeds together, "
+    "each into its own run directory (one folded step: faster per task on a GPU).",
+)
 @click.option(
     "--scale",
     type=click.Choice(["smoke", "paper"]),
@@ -72,7 +81,7 @@ def format_result(result: dict[str, float]) -> str:
 def train(
     preset: str,
     overrides: tuple[str, ...],
-    seed: int,
+    seeds: tuple[int, ...],
     scale: str,
     runs_dir: Path,
     data_root: Path | None,
@@ -85,11 +94,19 @@ def train(
     The run directory is RUNS_DIR/<preset>__<overrides>__seed<S>__<scale>; running the same
     command again resumes an interrupted run (or prints a finished run's result).
 
+    Several --seed options train those seeds together in one process (`mamlpp.runs.multiseed`),
+    each into the run directory its own command would use.
+
     \b
     Example:
       mamlpp train --preset omniglot_5way_1shot_mamlpp --scale smoke --seed 0
       mamlpp train --preset omniglot_20way_1shot_maml --seed 1 --set inner.steps=3
+      mamlpp train --preset omniglot_20way_1shot_maml --seed 0 --seed 1 --seed 2
     """
+    if len(seeds) > 1:
+        _train_seeds(preset, overrides, seeds, scale, runs_dir, data_root, wandb_mode, device, no_progress)
+        return
+    (seed,) = seeds
     config = resolve_config(preset, overrides, seed, scale)
     name = run_name(preset, overrides, seed, scale)
     run_dir = RunDirectory(runs_dir / name)
@@ -124,6 +141,52 @@ def train(
         run_dir.unlock()
     click.echo(format_result(result))
     click.echo(f"run directory: {run_dir.path}")
+
+
+def _train_seeds(
+    preset: str, overrides: tuple[str, ...], seeds: tuple[int, ...], scale: str, runs_dir: Path,
+    data_root: Path | None, wandb_mode: str | None, device: str, no_progress: bool,
+) -> None:  # fmt: skip
+    """`train` for several seeds at once: one run directory per seed, trained together."""
+    from mamlpp.data import check_data
+    from mamlpp.runs.multiseed import train_runs
+
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise MamlppError(f"--seed {repeated[0]} is given twice; give each seed once")
+    configs = [resolve_config(preset, overrides, seed, scale) for seed in seeds]
+    names = [run_name(preset, overrides, seed, scale) for seed in seeds]
+    run_dirs = [RunDirectory(runs_dir / name) for name in names]
+    options = RunOptions(
+        data_root=data_root,
+        device=resolve_device(device),
+        wandb=resolve_wandb_mode(wandb_mode),
+        progress=not no_progress,
+        log=click.echo,
+        stop_on_signals=True,
+    )
+    if any(not d.test_path.exists() for d in run_dirs):
+        check_data(configs[0], data_root)
+    runs, started = [], []
+    try:
+        for seed, name, config, run_dir in zip(seeds, names, configs, run_dirs, strict=True):
+            info = {
+                "name": name, "preset": preset, "overrides": dict(_pairs(overrides)),
+                "seed": seed, "scale": scale, "device": options.device,
+            }  # fmt: skip
+            started.append(run_dir)
+            runs.append(start_run_directory(run_dir, config, info))
+            click.echo(f"run directory: {run_dir.path}")
+        results = train_runs(configs, run_dirs, runs, options)
+    except RunStopped as e:
+        click.echo(e.message(), err=True)
+        sys.exit(e.exit_code)
+    finally:
+        for run_dir in started:
+            run_dir.unlock()
+    for seed, run_dir, result in zip(seeds, run_dirs, results, strict=True):
+        click.echo(f"seed {seed}: {format_result(result)}")
+        click.echo(f"run directory: {run_dir.path}")
 
 
 def _pairs(overrides: tuple[str, ...]) -> list[tuple[str, str]]:

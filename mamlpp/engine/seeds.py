@@ -1,0 +1,450 @@
+"""Several seeds of one configuration trained as one folded step: `SeedStack`.
+
+On a GPU one outer iteration of a 20-way meta-batch is bound by kernel launches and latency, so
+folding more tasks into each kernel raises the throughput per task (issue 15). `SeedStack`
+trains S runs that differ only in their seed (initial weights, episodes) with the folded engine
+over all S x B tasks at once, while every seed keeps its own meta-parameters, Adam moments,
+running statistics, losses and gradient statistics.
+
+Layout: every meta-parameter, LSLR rate and running statistic is stacked with a leading seed
+dimension ([S, ...]); the meta-batch holds seed s's B tasks at [s*B, (s+1)*B). Each seed's
+weights are repeated for its B tasks ([S*B, ...]: the fast weights), its LSLR rates likewise
+([S*B, steps]: per-task rates, `inner_loop._rate`), and its batch-norm scale/shift and
+statistics reach its tasks through the stacked [S, sets, F] tensors (`model.per_task`).
+
+Why each seed gets exactly its own run's update: the folded tasks never mix (grouped convs,
+per-channel batch norm, batched head), seed s's meta loss is the mean over its B tasks, and the
+backward of the sum over seeds therefore gives each seed's slice its own gradient; clipping and
+Adam are elementwise (one Adam over the stacked tensors is S Adams; all seeds step together so
+their step counts agree); running statistics are updated per seed with per-seed batch means.
+What differs from S separate `MetaLearner` runs is summation order only (the gradient of a
+weight shared by a seed's tasks is summed over its tasks' copies, `model.seed_rows`, rather
+than through a plain expand; per-seed means reduce over a strided view) and, on the CPU, that
+the S*B tasks run as one group rather than in `task_threads` groups: differences of rounding
+size (tests/test_seeds.py compares against separate learners in float64).
+
+`state_dict(s)` gives seed s's state in exactly `MetaLearner.state_dict`'s format, and
+`load_state_dicts` takes S of them, so checkpoints, the ensemble and the test code are the
+single-run ones; `learner(s)` is a `MetaLearner` holding seed s's state (for validation and test). On a GPU the
+joint step replays as a CUDA graph like a single run's (`GraphedSeedStep`, `training_step`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mamlpp import kernels
+from mamlpp.config import Config
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine import cuda_graph, model, schedules
+from mamlpp.engine.cuda_graph import GraphedTrainStep
+from mamlpp.engine.inner_loop import Forward, Rates, inner_loop
+from mamlpp.engine.learner import (
+    GRAD_STATS,
+    EvalResult,
+    MetaLearner,
+    StepPlan,
+    StepResult,
+    _weighted,
+    choose_engine,
+    clip_gradients,
+    initial_state,
+)
+
+
+@dataclass
+class SeedLossResult:
+    """`learner.MetaLossResult` with one entry per seed."""
+
+    loss: Tensor
+    """[S]: each seed's meta loss (the mean over its tasks of sum_i v_i * L_i)."""
+    step_loss_values: list[Tensor | None]
+    """Per step, [S] float64 target losses (mean over each seed's tasks); None where MSL's
+    weight is 0."""
+    step_accuracy_values: list[Tensor | None]
+    msl_weights: list[float]
+    second_order: bool
+    bn_stats: list[model.BatchNormStats] = field(default_factory=list)
+    """Batch statistics per forward pass, [S, F] each."""
+
+
+def compatible(configs: Sequence[Config]) -> None:
+    """Raise ValueError unless the configs differ at most in what a seed decides (`seed`,
+    `data.train_seed`, `model.init_seed`): the runs a `SeedStack` can train together."""
+    first = configs[0]
+
+    def seedless(c: Config) -> Config:
+        return dataclasses.replace(
+            c,
+            seed=first.seed,
+            data=dataclasses.replace(c.data, train_seed=first.data.train_seed),
+            model=dataclasses.replace(c.model, init_seed=first.model.init_seed),
+        )
+
+    for c in configs[1:]:
+        if seedless(c) != first:
+            raise ValueError("runs trained together must have the same config but for their seeds")
+
+
+class SeedStack:
+    """S seeds of one configuration trained as one folded step (module docstring)."""
+
+    def __init__(
+        self,
+        configs: Sequence[Config],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        kernel_options: kernels.KernelOptions = kernels.DEFAULT,
+        capturable: bool = False,
+    ) -> None:
+        """One config per seed (`compatible`); each seed's initial state is exactly the one
+        `MetaLearner(configs[s])` starts from (`learner.initial_state`)."""
+        if not configs:
+            raise ValueError("a SeedStack needs at least one config")
+        compatible(configs)
+        self.configs = list(configs)
+        self.config = configs[0]
+        self.seeds = len(configs)
+        if choose_engine(self.config) != "folded":
+            raise ValueError("seeds are trained together by the folded engine only")
+        self.engine = "folded"
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.kernel_options = kernel_options
+        self.spec = model.NetSpec.from_config(self.config)
+        self.kernels = kernels.choose(self.device, self.spec, kernel_options)
+        states = [initial_state(c, self.device, dtype) for c in self.configs]
+
+        def stack(part: int, grad: bool) -> dict[str, Tensor]:
+            first: dict[str, Tensor] = states[0][part]
+            return {
+                k: torch.stack([s[part][k].detach() for s in states]).requires_grad_(grad)
+                for k in first
+            }
+
+        self.params = stack(0, True)
+        self.rates = stack(1, True)
+        self.running = stack(2, False)
+        o = self.config.outer
+        self.optimizer = torch.optim.Adam(
+            list(self.meta_parameters().values()), lr=o.lr, betas=o.betas, capturable=capturable
+        )
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def adapted_names(self) -> list[str]:
+        return self.spec.adapted_names
+
+    def meta_parameters(self) -> dict[str, Tensor]:
+        """Name -> [S, ...] stacked tensor, in `MetaLearner.meta_parameters`' order."""
+        out = dict(self.params)
+        out.update({f"lslr.{k}": v for k, v in self.rates.items()})
+        return out
+
+    def gradient_names(self) -> list[str]:
+        return [k for k, p in self.meta_parameters().items() if p.grad is not None]
+
+    # ------------------------------------------------------------------ schedules
+    def meta_lr(self, epoch: int) -> float:
+        return schedules.meta_lr(self.config, epoch)
+
+    def plan(self, epoch: int) -> StepPlan:
+        c = self.config
+        weights = schedules.msl_weights(c.inner.steps, epoch, c.outer.msl_epochs, c.outer.msl)
+        targets = frozenset(i for i, w in enumerate(weights) if w > 0)
+        return StepPlan(weights, schedules.use_second_order(c, epoch), targets)
+
+    # ------------------------------------------------------------------ meta loss
+    def join(self, batches: Sequence[TaskBatch]) -> TaskBatch:
+        """One meta-batch per seed (equal sizes) -> the folded step's batch, on the device."""
+        if len(batches) != self.seeds:
+            raise ValueError(f"need one meta-batch per seed ({self.seeds}), got {len(batches)}")
+        if len({b.num_tasks for b in batches}) != 1:
+            raise ValueError("every seed's meta-batch must have the same number of tasks")
+        joined = TaskBatch(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
+        return joined.to(self.device, self.dtype)
+
+    def _tasks_per_seed(self, batch: TaskBatch) -> int:
+        if batch.num_tasks % self.seeds:
+            raise ValueError(f"{batch.num_tasks} tasks do not split into {self.seeds} seeds")
+        return batch.num_tasks // self.seeds
+
+    def _forward(
+        self,
+        shared: Mapping[str, Tensor],
+        mode: model.BNMode,
+        stats: list[model.BatchNormStats] | None,
+    ) -> Forward:
+        def forward(fast: Mapping[str, Tensor], x: Any, step: int) -> Tensor:
+            return model.forward_tasks(
+                fast, shared, self.running, x, step, self.spec, mode, stats, self.kernels
+            )
+
+        return forward
+
+    def _inner_rates(self, per_seed: int, detach: bool) -> Rates:
+        """Per-task LSLR rates [S*B, steps] (each seed's for its tasks), or alpha."""
+        if not self.rates:
+            return {k: self.config.inner.lr for k in self.adapted_names}
+        return {
+            k: model.seed_rows(v.detach() if detach else v, per_seed)
+            for k, v in self.rates.items()
+        }
+
+    def _prepared(self, batch: TaskBatch) -> tuple[tuple[Any, Tensor], tuple[Any, Tensor]]:
+        prepare = self.kernels.prepare
+        return (
+            (prepare(batch.support_x, self.spec), batch.support_y),
+            (prepare(batch.target_x, self.spec), batch.target_y),
+        )
+
+    def meta_loss(self, batch: TaskBatch, plan: StepPlan) -> SeedLossResult:
+        """Every seed's differentiable meta loss under `plan`; `batch` holds S*B tasks, seed
+        s's at [s*B, (s+1)*B) (`join`)."""
+        batch = batch.to(self.device, self.dtype)
+        per_seed = self._tasks_per_seed(batch)
+        stats: list[model.BatchNormStats] = []
+        fast = {k: model.seed_rows(self.params[k], per_seed) for k in self.adapted_names}
+        support, target = self._prepared(batch)
+        result = inner_loop(
+            self._forward(self.params, "batch", stats),
+            fast,
+            support,
+            target,
+            self._inner_rates(per_seed, detach=False),
+            self.config.inner.steps,
+            plan.second_order,
+            set(plan.target_steps),
+        )
+
+        def per_seed_means(values: list[Tensor | None]) -> list[Tensor | None]:
+            return [
+                None if v is None else v.detach().double().view(self.seeds, per_seed).mean(1)
+                for v in values
+            ]
+
+        return SeedLossResult(
+            loss=_weighted(result, plan.weights).view(self.seeds, per_seed).mean(1),
+            step_loss_values=per_seed_means(result.target_losses),
+            step_accuracy_values=per_seed_means(result.target_accuracies),
+            msl_weights=[w for w in plan.weights if not isinstance(w, Tensor)],
+            second_order=plan.second_order,
+            bn_stats=stats,
+        )
+
+    # ------------------------------------------------------------------ outer update
+    def outer_step(self, batch: TaskBatch, plan: StepPlan) -> tuple[SeedLossResult, Tensor]:
+        """`MetaLearner.outer_step` for every seed at once, left on the device. Returns the
+        losses and the [S, P, 4] gradient statistics (names in `gradient_names()`)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        result = self.meta_loss(batch, plan)
+        result.loss.sum().backward()  # seed s's slices receive the gradient of its own loss
+        meta = self.meta_parameters()
+        o = self.config.outer
+        clip_gradients(meta if o.clip_inner_rates else self.params, o.grad_clip)
+        rows = seed_gradient_rows(meta, self.gradient_names())
+        self.optimizer.step()
+        self._update_running_stats(result.bn_stats)
+        return result, rows
+
+    def train_step(self, batches: TaskBatch | Sequence[TaskBatch], epoch: int) -> list[StepResult]:
+        """`MetaLearner.train_step` of every seed: one meta-batch per seed, or the joined
+        S*B-task batch; returns one `StepResult` per seed."""
+        batch = batches if isinstance(batches, TaskBatch) else self.join(batches)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.meta_lr(epoch)
+        result, rows = self.outer_step(batch, self.plan(epoch))
+        names = self.gradient_names()
+        values = rows.double().cpu().tolist() if names else [[] for _ in range(self.seeds)]
+        losses = result.loss.detach().cpu().tolist()
+        per_step = [None if v is None else v.cpu().tolist() for v in result.step_loss_values]
+        accuracy = result.step_accuracy_values[-1]
+        assert accuracy is not None
+        accuracies = accuracy.cpu().tolist()
+        return [
+            StepResult(
+                loss=losses[s],
+                accuracy=accuracies[s],
+                msl_weights=result.msl_weights,
+                second_order=result.second_order,
+                grad_stats={
+                    k: dict(zip(GRAD_STATS, v, strict=True))
+                    for k, v in zip(names, values[s], strict=True)
+                },
+                step_losses=[None if v is None else v[s] for v in per_step],
+            )
+            for s in range(self.seeds)
+        ]
+
+    @torch.no_grad()
+    def _update_running_stats(self, stats: list[model.BatchNormStats]) -> None:
+        m = self.config.bn.momentum
+        for s in stats:
+            i = min(s.step, self.spec.stat_sets - 1)
+            self.running[f"bn{s.layer}.running_mean"][:, i].lerp_(s.mean, m)
+            self.running[f"bn{s.layer}.running_var"][:, i].lerp_(s.var, m)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, batches: TaskBatch | Sequence[TaskBatch]) -> list[EvalResult]:
+        """`MetaLearner.evaluate` of every seed on its own tasks (one batch per seed, or the
+        joined batch), as one folded pass; one `EvalResult` per seed."""
+        batch = batches if isinstance(batches, TaskBatch) else self.join(batches)
+        batch = batch.to(self.device, self.dtype)
+        per_seed = self._tasks_per_seed(batch)
+        shared = {k: v.detach() for k, v in self.params.items()}
+        support, target = self._prepared(batch)
+        with torch.enable_grad():
+            fast = {
+                k: model.seed_rows(shared[k], per_seed).clone().requires_grad_()
+                for k in self.adapted_names
+            }
+            result = inner_loop(
+                self._forward(shared, self.config.bn.eval_stats, None),
+                fast,
+                support,
+                target,
+                self._inner_rates(per_seed, detach=True),
+                self.config.inner.eval_steps,
+                False,
+                set(),
+            )
+        assert result.final_logits is not None
+        logits = result.final_logits.detach().cpu()
+        loss, acc = result.target_losses[-1], result.target_accuracies[-1]
+        assert loss is not None and acc is not None
+        loss, acc = loss.detach().cpu(), acc.cpu()
+        probs = torch.softmax(result.final_logits.detach(), -1).cpu()
+        return [
+            EvalResult(loss[part], acc[part], probs[part], logits[part])
+            for part in (slice(s * per_seed, (s + 1) * per_seed) for s in range(self.seeds))
+        ]
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self, seed: int) -> dict[str, Any]:
+        """Seed `seed`'s state, exactly as `MetaLearner.state_dict` writes it."""
+        optimizer = copy.deepcopy(self.optimizer.state_dict())
+        return {
+            "meta_parameters": {
+                k: v[seed].detach().cpu().clone() for k, v in self.meta_parameters().items()
+            },
+            "running_stats": {k: v[seed].cpu().clone() for k, v in self.running.items()},
+            "optimizer": {
+                "state": {
+                    i: {k: _seed_slice(v, seed) for k, v in entry.items()}
+                    for i, entry in optimizer["state"].items()
+                },
+                "param_groups": optimizer["param_groups"],
+            },
+            "config": self.configs[seed].to_dict(),
+        }
+
+    @torch.no_grad()
+    def load_state_dicts(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Load one `MetaLearner.state_dict` per seed. ValueError if they do not match this
+        config or their optimizers are at different steps (such runs train apart)."""
+        if len(states) != self.seeds:
+            raise ValueError(f"need one state per seed ({self.seeds}), got {len(states)}")
+        meta = self.meta_parameters()
+        for state in states:
+            missing = set(meta) ^ set(state["meta_parameters"])
+            if missing:
+                raise ValueError(
+                    f"checkpoint does not match this config: parameters {sorted(missing)}"
+                )
+        optimizers = [s["optimizer"] for s in states]
+        stacked: dict[Any, dict[str, Any]] = {}
+        if len({frozenset(o["state"]) for o in optimizers}) != 1:
+            raise ValueError("the seeds' optimizers are at different steps")
+        for i, entry in optimizers[0]["state"].items():
+            stacked[i] = {}
+            for k, v in entry.items():
+                values = [o["state"][i][k] for o in optimizers]
+                if isinstance(v, Tensor) and v.dim() > 0:
+                    stacked[i][k] = torch.stack([x.to(v.device) for x in values])
+                elif any(not _same(x, v) for x in values):
+                    raise ValueError("the seeds' optimizers are at different steps")
+                else:
+                    stacked[i][k] = v
+        for k, p in meta.items():
+            p.copy_(torch.stack([s["meta_parameters"][k] for s in states]))
+        for k, r in self.running.items():
+            r.copy_(torch.stack([s["running_stats"][k] for s in states]))
+        self.optimizer.load_state_dict(
+            {"state": stacked, "param_groups": copy.deepcopy(optimizers[0]["param_groups"])}
+        )
+
+    def learner(self, seed: int) -> MetaLearner:
+        """A `MetaLearner` holding seed `seed`'s current state (a copy: training it does not
+        change the stack): for validation, checkpoints and test by the single-run code."""
+        single = MetaLearner(self.configs[seed], self.device, self.dtype, self.kernel_options)
+        single.load_state_dict(self.state_dict(seed))
+        return single
+
+
+class GraphedSeedStep(GraphedTrainStep):
+    """`SeedStack.train_step` as a replayed CUDA graph (`cuda_graph.GraphedTrainStep`):
+    `step = GraphedSeedStep(stack); step(joined_batch, epoch)` -> one `StepResult` per seed
+    (per-step target losses not read back, as for one seed)."""
+
+    def __init__(self, stack: SeedStack, record: bool = True) -> None:
+        super().__init__(stack, record)
+        self.stack = stack
+
+    def __call__(self, batch: TaskBatch, epoch: int) -> list[StepResult]:  # type: ignore[override]
+        values, plan = self._replay(batch, epoch)
+        seeds, p = self.stack.seeds, len(self.names)
+        stats = values[2 * seeds :]
+        return [
+            StepResult(
+                loss=values[s],
+                accuracy=values[seeds + s],
+                msl_weights=list(plan.weights),  # type: ignore[arg-type]
+                second_order=plan.second_order,
+                grad_stats={
+                    name: dict(zip(GRAD_STATS, stats[4 * (s * p + i) : 4 * (s * p + i) + 4], strict=True))
+                    for i, name in enumerate(self.names)
+                },
+                step_losses=[None] * len(plan.weights),
+            )
+            for s in range(seeds)
+        ]
+
+
+def training_step(stack: SeedStack) -> Callable[[TaskBatch, int], list[StepResult]]:
+    """The joint outer update the trainer calls: `GraphedSeedStep` where CUDA graphs apply
+    (`cuda_graph.applies`; build the stack with capturable=True, after restoring it), else the
+    eager `SeedStack.train_step`."""
+    if cuda_graph.applies(stack.config, stack.device):
+        return GraphedSeedStep(stack)
+    return stack.train_step
+
+
+def seed_gradient_rows(meta: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
+    """[S, len(names), 4]: per seed, `learner.gradient_rows` of its slices (max, min, mean and
+    norm of |grad| per named tensor), on the device."""
+    rows = []
+    for k in names:
+        g = meta[k].grad.detach().abs().flatten(1)  # type: ignore[union-attr]
+        rows.append(torch.stack([g.amax(1), g.amin(1), g.mean(1), g.norm(dim=1)], 1))
+    return torch.stack(rows, 1)
+
+
+def _seed_slice(value: Any, seed: int) -> Any:
+    """An optimizer state entry for one seed: its slice of a stacked tensor; a 0-d tensor (the
+    shared step count) or any other value as it is."""
+    if isinstance(value, Tensor) and value.dim() > 0:
+        return value[seed].clone()
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return bool(torch.equal(a.cpu(), b.cpu()))
+    return bool(a == b)
