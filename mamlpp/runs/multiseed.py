@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from mamlpp.config import Config
 from mamlpp.data.batch import TaskBatch
@@ -43,6 +42,7 @@ from mamlpp.runs.trainer import (
     Sampler,
     StopRequest,
     default_episodes,
+    epoch_bar,
     epoch_row,
     open_mirror,
     remaining_line,
@@ -111,10 +111,7 @@ def train_epoch_together(
     b, iters = config.outer.meta_batch_size, config.schedule.iterations_per_epoch
     means = [EpochMeans() for _ in samplers]
     rows: list[list[dict[str, Any]]] = [[] for _ in samplers]
-    bar = tqdm(
-        range(iters), desc=f"epoch {epoch + 1}/{config.schedule.epochs}",
-        unit="it", leave=False, disable=not progress, dynamic_ncols=True,
-    )  # fmt: skip
+    bar = epoch_bar(config, epoch, progress)
     for i in bar:
         if stop.signum is not None:
             bar.close()

@@ -132,6 +132,14 @@ class EpochMeans:
         return out
 
 
+def epoch_bar(config: Config, epoch: int, progress: bool) -> tqdm:
+    """The progress bar over an epoch's iterations (hidden without `progress`)."""
+    return tqdm(
+        range(config.schedule.iterations_per_epoch), desc=f"epoch {epoch + 1}/{config.schedule.epochs}",
+        unit="it", leave=False, disable=not progress, dynamic_ncols=True,
+    )  # fmt: skip
+
+
 def train_epoch(
     train_step: Any, sampler: Sampler, config: Config, epoch: int, progress: bool,
     stop: StopRequest | None = None,
@@ -142,10 +150,7 @@ def train_epoch(
     stop = stop or StopRequest()
     b, iters = config.outer.meta_batch_size, config.schedule.iterations_per_epoch
     means, rows = EpochMeans(), []
-    bar = tqdm(
-        range(iters), desc=f"epoch {epoch + 1}/{config.schedule.epochs}",
-        unit="it", leave=False, disable=not progress, dynamic_ncols=True,
-    )  # fmt: skip
+    bar = epoch_bar(config, epoch, progress)
     for i in bar:
         if stop.signum is not None:
             bar.close()
