@@ -110,8 +110,13 @@ def test_torn_last_line_is_dropped_but_a_bad_middle_line_is_an_error(tmp_path: P
     assert metrics_wide(load_runs(tmp_path))["epoch"].tolist() == [0, 1]
     lines = metrics.read_text().splitlines()
     metrics.write_text("\n".join([lines[0], "not json", lines[1]]) + "\n")
-    with pytest.raises(RunsError, match=r"metrics.jsonl line 2 is not valid JSON"):
+    with pytest.raises(RunsError, match=r"metrics.jsonl line 2 is not a JSON object"):
         load_runs(tmp_path)[0].metrics()
+    # binary garbage and a JSON value that is not an object: the same one-line error
+    for bad in (b"\xff\xfe\x00garbage", b"[1, 2]"):
+        metrics.write_bytes(b"\n".join([lines[0].encode(), bad, lines[1].encode()]) + b"\n")
+        with pytest.raises(RunsError, match=r"metrics.jsonl line 2 is not a JSON object"):
+            load_runs(tmp_path)[0].metrics()
 
 
 def test_missing_or_empty_runs_dir_is_a_clear_error(tmp_path: Path) -> None:

@@ -83,19 +83,23 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     writing) is dropped, a bad line anywhere else is an error naming the file and line."""
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    lines = path.read_bytes().splitlines()
     rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
+    for i, raw in enumerate(lines):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            row = json.loads(raw.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             if i == len(lines) - 1:
                 break  # the epoch in flight when the run was killed
+            reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(":")[0]
             raise RunsError(
-                f"{path} line {i + 1} is not valid JSON ({e.msg}); fix or delete that line"
-            ) from e
+                f"{path} line {i + 1} is not a JSON object ({reason}); fix or delete that line"
+            ) from None
+        rows.append(row)
     return rows
 
 
