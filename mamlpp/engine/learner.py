@@ -118,10 +118,7 @@ class MetaLearner:
         self.kernels = kernels.choose(self.device, self.spec, kernel_options)
         self.task_threads = kernel_options.task_threads
         self.params, self.rates, self.running = initial_state(config, self.device, dtype)
-        o = config.outer
-        self.optimizer = torch.optim.Adam(
-            list(self.meta_parameters().values()), lr=o.lr, betas=o.betas, capturable=capturable
-        )
+        self.optimizer = meta_optimizer(self.meta_parameters(), config, capturable)
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -130,9 +127,7 @@ class MetaLearner:
 
     def meta_parameters(self) -> dict[str, Tensor]:
         """Name -> tensor of everything the outer loop learns (network order, then LSLR)."""
-        out = dict(self.params)
-        out.update({f"lslr.{k}": v for k, v in self.rates.items()})
-        return out
+        return meta_parameter_dict(self.params, self.rates)
 
     def lslr_rates(self) -> dict[str, list[float]]:
         """Adapted tensor -> its inner learning rate at each step (fixed alpha without LSLR)."""
@@ -156,9 +151,7 @@ class MetaLearner:
 
     def plan(self, epoch: int) -> StepPlan:
         """The outer update's MSL weights, derivative order and target steps at `epoch`."""
-        weights = self.msl_weights(epoch)
-        targets = frozenset(i for i, w in enumerate(weights) if w > 0)
-        return StepPlan(weights, schedules.use_second_order(self.config, epoch), targets)
+        return step_plan(self.config, epoch)
 
     # ------------------------------------------------------------------ meta loss
     def meta_loss(self, batch: TaskBatch, epoch: int | StepPlan) -> MetaLossResult:
@@ -415,6 +408,31 @@ def initial_state(
             rates[name] = full.requires_grad_()
     running = {k: v.to(device, dtype) for k, v in model.init_running_stats(spec).items()}
     return params, rates, running
+
+
+def step_plan(config: Config, epoch: int) -> StepPlan:
+    """The outer update's MSL weights, derivative order and target steps at `epoch`."""
+    c = config
+    weights = schedules.msl_weights(c.inner.steps, epoch, c.outer.msl_epochs, c.outer.msl)
+    targets = frozenset(i for i, w in enumerate(weights) if w > 0)
+    return StepPlan(weights, schedules.use_second_order(c, epoch), targets)
+
+
+def meta_parameter_dict(params: Mapping[str, Tensor], rates: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Everything the outer loop learns, by name: the network's parameters, then the LSLR rates
+    as ``lslr.<tensor>``."""
+    out = dict(params)
+    out.update({f"lslr.{k}": v for k, v in rates.items()})
+    return out
+
+
+def meta_optimizer(
+    meta: Mapping[str, Tensor], config: Config, capturable: bool
+) -> torch.optim.Adam:
+    """The outer loop's Adam over `meta` (`outer.lr`, `outer.betas`); `capturable` for CUDA
+    graphs."""
+    o = config.outer
+    return torch.optim.Adam(list(meta.values()), lr=o.lr, betas=o.betas, capturable=capturable)
 
 
 def choose_engine(config: Config) -> str:

@@ -56,6 +56,9 @@ from mamlpp.engine.learner import (
     choose_engine,
     clip_gradients,
     initial_state,
+    meta_optimizer,
+    meta_parameter_dict,
+    step_plan,
 )
 
 
@@ -132,10 +135,7 @@ class SeedStack:
         self.params = stack(0, True)
         self.rates = stack(1, True)
         self.running = stack(2, False)
-        o = self.config.outer
-        self.optimizer = torch.optim.Adam(
-            list(self.meta_parameters().values()), lr=o.lr, betas=o.betas, capturable=capturable
-        )
+        self.optimizer = meta_optimizer(self.meta_parameters(), self.config, capturable)
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -144,9 +144,7 @@ class SeedStack:
 
     def meta_parameters(self) -> dict[str, Tensor]:
         """Name -> [S, ...] stacked tensor, in `MetaLearner.meta_parameters`' order."""
-        out = dict(self.params)
-        out.update({f"lslr.{k}": v for k, v in self.rates.items()})
-        return out
+        return meta_parameter_dict(self.params, self.rates)
 
     def gradient_names(self) -> list[str]:
         return [k for k, p in self.meta_parameters().items() if p.grad is not None]
@@ -156,10 +154,7 @@ class SeedStack:
         return schedules.meta_lr(self.config, epoch)
 
     def plan(self, epoch: int) -> StepPlan:
-        c = self.config
-        weights = schedules.msl_weights(c.inner.steps, epoch, c.outer.msl_epochs, c.outer.msl)
-        targets = frozenset(i for i, w in enumerate(weights) if w > 0)
-        return StepPlan(weights, schedules.use_second_order(c, epoch), targets)
+        return step_plan(self.config, epoch)
 
     # ------------------------------------------------------------------ meta loss
     def join(self, batches: Sequence[TaskBatch]) -> TaskBatch:
