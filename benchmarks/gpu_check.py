@@ -15,7 +15,6 @@ git-ignored `.gpu_data/` folder, take it along, and run with
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,21 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from gpu_session import OUT, run_parts, session_log
 
 from mamlpp.bench import SHAPES, BenchRow, analytic_gflop, format_rows, random_batch, time_engine
 from mamlpp.engine.cuda_graph import GraphedTrainStep
 from mamlpp.engine.learner import MetaLearner
 from mamlpp.presets import get_preset
 
-OUT = Path(os.environ.get("OUT", "."))
-LOG = open(OUT / "gpu_results.txt", "a")
-
-
-def say(*parts: object) -> None:
-    text = " ".join(str(p) for p in parts)
-    print(text, flush=True)
-    LOG.write(text + "\n")
-    LOG.flush()
+say = session_log("gpu_results.txt")
 
 
 def four_steps(graphed: bool, dtype: torch.dtype, tf32: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -131,11 +123,5 @@ def train() -> None:
 if __name__ == "__main__":
     say(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     steps = {"check": check, "bench": bench, "train": train}
-    for name in sys.argv[1:] or list(steps):
-        t0 = time.time()
-        try:
-            steps[name]()
-        except Exception as e:  # report and go on: one failing part must not cost the session
-            say(f"[{name}] FAILED: {type(e).__name__}: {e}")
-        say(f"[{name}] took {time.time() - t0:.0f} s")
+    run_parts(steps, sys.argv[1:], say)
     sys.exit(0)

@@ -16,13 +16,12 @@ training iteration reads its loss.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from gpu_session import run_parts, session_log
 
 from mamlpp.config import Config
 from mamlpp.data import make_episodes
@@ -31,16 +30,8 @@ from mamlpp.data.episodes import EpisodeSampler
 from mamlpp.errors import MamlppError
 from mamlpp.presets import get_preset, synthetic_config
 
-OUT = Path(os.environ.get("OUT", "."))
-LOG = open(OUT / "gpu_data.txt", "a")
+say = session_log("gpu_data.txt")
 CUDA = torch.device("cuda")
-
-
-def say(*parts: object) -> None:
-    text = " ".join(str(p) for p in parts)
-    print(text, flush=True)
-    LOG.write(text + "\n")
-    LOG.flush()
 
 
 def configs() -> dict[str, Config]:
@@ -137,13 +128,7 @@ def main() -> None:
         raise SystemExit("benchmarks/gpu_data.py needs a CUDA GPU")
     say(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     steps = {"exact": exact, "sample": sample, "step": step}
-    for name in sys.argv[1:] or list(steps):
-        t0 = time.time()
-        try:
-            steps[name]()
-        except Exception as e:  # report and go on: one failing part must not cost the session
-            say(f"[{name}] FAILED: {type(e).__name__}: {e}")
-        say(f"[{name}] took {time.time() - t0:.0f} s")
+    run_parts(steps, sys.argv[1:], say)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ the graph's. G checks the recorded computation; A separates the optimizer's roun
 Results: benchmarks/RESULTS.md#gpu.
 """
 
-import os
 import sys
-from pathlib import Path
 
 import torch
+from gpu_session import session_log
 
 from mamlpp.bench import random_batch
 from mamlpp.data.batch import TaskBatch
@@ -20,16 +19,8 @@ from mamlpp.engine.cuda_graph import GraphedTrainStep
 from mamlpp.engine.learner import MetaLearner
 from mamlpp.presets import get_preset
 
-OUT = Path(os.environ.get("OUT", "."))
-LOG = open(OUT / "gpu_diag.txt", "a")
+say = session_log("gpu_diag.txt")
 D = torch.float64
-
-
-def say(*parts: object) -> None:
-    text = " ".join(str(x) for x in parts)
-    print(text, flush=True)
-    LOG.write(text + "\n")
-    LOG.flush()
 
 
 def gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
