@@ -131,7 +131,7 @@ def test_omniglot_split_under_each_choice(omniglot_zips: list[Path]) -> None:
 def test_the_split_choice_reaches_the_loader_and_its_cache_key(
     monkeypatch: pytest.MonkeyPatch, omniglot_zips: list[Path]
 ) -> None:
-    from mamlpp.data import make_episodes
+    from mamlpp.data import check_data, make_episodes
 
     asked: list[str] = []
 
@@ -140,9 +140,12 @@ def test_the_split_choice_reaches_the_loader_and_its_cache_key(
         raise RuntimeError("stop")
 
     monkeypatch.setattr(omniglot, "load", fake_load)
+    config = reference(get_preset(PRESET).config)
     with pytest.raises(RuntimeError, match="stop"):
-        make_episodes(reference(get_preset(PRESET).config), "train")
-    assert asked == ["reference-code"]
+        make_episodes(config, "train")
+    with pytest.raises(RuntimeError, match="stop"):
+        check_data(config)  # the check before the run directory loads the same split
+    assert asked == ["reference-code", "reference-code"]
     keys = {omniglot.source_key(omniglot_zips, c) for c in omniglot.SPLIT_SHUFFLE_SEEDS}
     assert len(keys) == 2
 

@@ -113,9 +113,14 @@ def check_data(config: Config, data_root: str | Path | None = None) -> None:
     """Whether the config's dataset is there (its cache built when missing, checksums verified)
     and every split fits the task shape; DataError naming the fix otherwise. `mamlpp train` asks
     this before it creates the run directory."""
-    sets = load_splits(config.data.dataset, data_root)
+    sets = config_splits(config, data_root)
     for split in ("train", "val", "test"):
         check_task_shape(config, split, sets[split])
+
+
+def config_splits(config: Config, data_root: str | Path | None = None) -> ImageSets:
+    """`load_splits` of the config's dataset and, for Omniglot, its class split."""
+    return load_splits(config.data.dataset, data_root, config.data.omniglot_split)
 
 
 def make_episodes(
@@ -132,7 +137,7 @@ def make_episodes(
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split {split!r}; choose train, val or test")
     d = config.data
-    images = load_splits(d.dataset, data_root, d.omniglot_split)[split]
+    images = config_splits(config, data_root)[split]
     check_task_shape(config, split, images)
     return EpisodeSampler(
         images=images,
