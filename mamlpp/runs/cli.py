@@ -110,14 +110,7 @@ def train(
     config = resolve_config(preset, overrides, seed, scale)
     name = run_name(preset, overrides, seed, scale)
     run_dir = RunDirectory(runs_dir / name)
-    options = RunOptions(
-        data_root=data_root,
-        device=resolve_device(device),
-        wandb=resolve_wandb_mode(wandb_mode),
-        progress=not no_progress,
-        log=click.echo,
-        stop_on_signals=True,
-    )
+    options = _train_options(data_root, device, wandb_mode, no_progress)
     info = {
         "name": name,
         "preset": preset,
@@ -143,6 +136,20 @@ def train(
     click.echo(f"run directory: {run_dir.path}")
 
 
+def _train_options(
+    data_root: Path | None, device: str, wandb_mode: str | None, no_progress: bool
+) -> RunOptions:
+    """`mamlpp train`'s run options: epoch lines on the console, SIGTERM/SIGINT stop cleanly."""
+    return RunOptions(
+        data_root=data_root,
+        device=resolve_device(device),
+        wandb=resolve_wandb_mode(wandb_mode),
+        progress=not no_progress,
+        log=click.echo,
+        stop_on_signals=True,
+    )
+
+
 def _train_seeds(
     preset: str, overrides: tuple[str, ...], seeds: tuple[int, ...], scale: str, runs_dir: Path,
     data_root: Path | None, wandb_mode: str | None, device: str, no_progress: bool,
@@ -157,14 +164,7 @@ def _train_seeds(
     configs = [resolve_config(preset, overrides, seed, scale) for seed in seeds]
     names = [run_name(preset, overrides, seed, scale) for seed in seeds]
     run_dirs = [RunDirectory(runs_dir / name) for name in names]
-    options = RunOptions(
-        data_root=data_root,
-        device=resolve_device(device),
-        wandb=resolve_wandb_mode(wandb_mode),
-        progress=not no_progress,
-        log=click.echo,
-        stop_on_signals=True,
-    )
+    options = _train_options(data_root, device, wandb_mode, no_progress)
     if any(not d.test_path.exists() for d in run_dirs):
         check_data(configs[0], data_root)
     runs, started = [], []

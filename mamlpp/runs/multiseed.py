@@ -34,6 +34,8 @@ from mamlpp.runs.checkpoints import TopK, finish_epoch, restore
 from mamlpp.runs.resolve import check_schedule, train_seed
 from mamlpp.runs.tracking import RunDirectory, RunDirectoryError, WandbMirror
 from mamlpp.runs.trainer import (
+    iteration_row,
+    non_finite_loss,
     EpisodeFactory,
     EpochMeans,
     NonFiniteLossError,
@@ -122,16 +124,10 @@ def train_epoch_together(
         for seed_config, step in zip(stack.configs, steps, strict=True):
             if not math.isfinite(step.loss):
                 bar.close()
-                raise NonFiniteLossError(
-                    f"seed {seed_config.seed}'s training loss became {step.loss} at epoch {epoch}, "
-                    f"iteration {i} (global iteration {t}); the runs stopped and their last good "
-                    "checkpoints are kept. Try a lower outer.lr or inner.lr, or outer.grad_clip"
-                )
+                raise non_finite_loss(step.loss, epoch, i, t, seed_config.seed)
         for m, r, step in zip(means, rows, steps, strict=True):
             m.add(step.loss, step.accuracy, step.grad_stats)
-            r.append(
-                {"iteration": t, "epoch": epoch, "train/loss": step.loss, "train/acc": step.accuracy}
-            )
+            r.append(iteration_row(step, epoch, t))
         bar.set_postfix(loss=f"{steps[0].loss:.3f}", acc=f"{steps[0].accuracy:.3f}", refresh=False)
     bar.close()
     return means, rows

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mamlpp.config import Config, ConfigError
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine import cuda_graph
-from mamlpp.engine.learner import MetaLearner
+from mamlpp.engine.learner import MetaLearner, StepResult
 from mamlpp.errors import MamlppError
 from mamlpp.kernels import DEFAULT as DEFAULT_KERNELS
 from mamlpp.kernels import KernelOptions
@@ -159,18 +159,31 @@ def train_epoch(
         step = train_step(sampler.batch(range(t * b, (t + 1) * b)), epoch)
         if not math.isfinite(step.loss):
             bar.close()
-            raise NonFiniteLossError(
-                f"training loss became {step.loss} at epoch {epoch}, iteration {i} (global "
-                f"iteration {t}); the run stopped and its last good checkpoint is kept. "
-                "Try a lower outer.lr or inner.lr, or outer.grad_clip"
-            )
+            raise non_finite_loss(step.loss, epoch, i, t)
         means.add(step.loss, step.accuracy, step.grad_stats)
-        rows.append(
-            {"iteration": t, "epoch": epoch, "train/loss": step.loss, "train/acc": step.accuracy}
-        )
+        rows.append(iteration_row(step, epoch, t))
         bar.set_postfix(loss=f"{step.loss:.3f}", acc=f"{step.accuracy:.3f}", refresh=False)
     bar.close()
     return means, rows
+
+
+def non_finite_loss(loss: float, epoch: int, i: int, t: int, seed: int | None = None) -> NonFiniteLossError:
+    """The error for a NaN/inf training loss at iteration `i` of `epoch` (global iteration `t`);
+    `seed`: which of several seeds trained together."""
+    where = f"at epoch {epoch}, iteration {i} (global iteration {t})"
+    if seed is None:
+        what = f"training loss became {loss} {where}; the run stopped and its last good checkpoint is kept"
+    else:
+        what = (
+            f"seed {seed}'s training loss became {loss} {where}; the runs stopped and their last "
+            "good checkpoints are kept"
+        )
+    return NonFiniteLossError(f"{what}. Try a lower outer.lr or inner.lr, or outer.grad_clip")
+
+
+def iteration_row(step: StepResult, epoch: int, t: int) -> dict[str, Any]:
+    """iterations.jsonl's line for global iteration `t`."""
+    return {"iteration": t, "epoch": epoch, "train/loss": step.loss, "train/acc": step.accuracy}
 
 
 def evaluation_chunks(config: Config, num_tasks: int) -> list[range]:
