@@ -25,6 +25,7 @@ from mamlpp.runs.multiseed import train_runs
 from mamlpp.runs.resolve import resolve_config, run_name, start_run_directory
 from mamlpp.runs.tracking import RunDirectory, read_jsonl
 from mamlpp.runs.trainer import RunOptions, train_run
+from tests.support.deadline import ScriptedDeadline
 
 OVERRIDES = [
     "data.dataset=synthetic",
@@ -43,8 +44,11 @@ PRESET = "omniglot_5way_1shot_mamlpp"
 REL = 1e-4
 
 
-def _train(runs: Path, seeds: list[int], overrides: list[str] = OVERRIDES, wandb: str = "off") -> Any:
-    args = ["train", "--preset", PRESET, "--scale", "smoke", "--runs-dir", str(runs)]
+def _train(
+    runs: Path, seeds: list[int], overrides: list[str] = OVERRIDES, wandb: str = "off",
+    extra: list[str] | None = None,
+) -> Any:  # fmt: skip
+    args = ["train", "--preset", PRESET, "--scale", "smoke", "--runs-dir", str(runs), *(extra or [])]
     args += ["--wandb", wandb, "--device", "cpu", "--no-progress"]
     args += [a for s in seeds for a in ("--seed", str(s))]
     args += [a for o in overrides for a in ("--set", o)]
@@ -192,4 +196,26 @@ def test_interrupted_seeds_resume_to_the_same_runs(tmp_path: Path, monkeypatch: 
     assert resumed.exit_code == 0, resumed.output
     assert "resuming 2 seeds" in resumed.output
     for seed in (0, 1):  # the same joint step before and after the stop: identical
+        assert _outputs(_run_dir(runs, seed)) == _outputs(_run_dir(full, seed))
+
+
+def test_seeds_together_stop_at_the_time_limit_and_resume_to_the_same_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The time limit (scripted: no room after the first epoch) stops both seeds at the same
+    epoch boundary with exit status 75; the rerun ends where an uninterrupted joint run ends."""
+    from mamlpp.runs import cli as runs_cli
+
+    full = tmp_path / "full"
+    assert _train(full, [0, 1]).exit_code == 0
+    monkeypatch.setattr(runs_cli, "Deadline", ScriptedDeadline)
+    monkeypatch.setattr(ScriptedDeadline, "ROOM", [False])
+    runs = tmp_path / "runs"
+    stopped = _train(runs, [0, 1], extra=["--time-limit", "5"])
+    assert stopped.exit_code == 75, stopped.output
+    assert "time limit of 5.0 min reached at epoch 1/3 " in stopped.stderr
+    assert [len(_run_dir(runs, s).read_metrics()) for s in (0, 1)] == [1, 1]
+    resumed = _train(runs, [0, 1])
+    assert resumed.exit_code == 0, resumed.output
+    for seed in (0, 1):
         assert _outputs(_run_dir(runs, seed)) == _outputs(_run_dir(full, seed))

@@ -15,6 +15,7 @@ import errno
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,9 +38,11 @@ from mamlpp.data.cache import SplitImages
 from mamlpp.engine.model import NetSpec
 from mamlpp.errors import DataError
 from mamlpp.experiments.sweep import build_sweep
-from mamlpp.runs import tracking
+from mamlpp.runs import cli as runs_cli
+from mamlpp.runs import tracking, trainer
 from mamlpp.runs.resolve import resolve_config, run_name
 from mamlpp.runs.tracking import RunDirectory, RunDirectoryError
+from tests.support.deadline import ScriptedDeadline
 from tests.support.tiny import TINY_RUN_OVERRIDES
 
 PRESET = "omniglot_5way_1shot_mamlpp"
@@ -354,7 +357,8 @@ def test_a_signal_stops_cleanly_and_the_rerun_is_exact(
     assert process.returncode == code, err
     [line] = err.strip().splitlines()
     assert line.startswith(f"stopped by {sig.name} at epoch ")
-    assert line.endswith("(every completed epoch is saved); run the same command to resume")
+    assert "(every completed epoch is saved); at this pace the rest takes ~" in line
+    assert line.endswith("; run the same command to resume")
     run = _only_run(runs)
     stopped_at = int(line.split(" at epoch ")[1].split("/")[0])
     assert stopped_at == len(run.read_metrics()) >= 1 and not run.test_path.exists()
@@ -370,6 +374,58 @@ def test_the_previous_signal_handlers_are_restored(straight: RunDirectory, tmp_p
     assert cli(*_train_args(tmp_path / "runs")).exit_code == 0
     assert run.read_test() == straight.read_test()
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+# ---------------------------------------------------------------- 5b. the time limit
+
+
+def _stopped_line(result: Result) -> str:
+    assert result.exit_code == trainer.TIME_LIMIT_EXIT == 75, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("time limit of 1.0 min reached at epoch ")
+    assert line.endswith("; run the same command to resume")
+    return line
+
+
+@pytest.mark.parametrize(
+    ("room", "stopped_at"),
+    [([False], 1), ([True, True, True, False], 4)],
+    ids=["after-the-first-epoch", "before-the-test"],
+)
+def test_the_time_limit_stops_at_an_epoch_boundary_and_the_rerun_is_exact(
+    straight: RunDirectory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    room: list[bool], stopped_at: int,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(runs_cli, "Deadline", ScriptedDeadline)
+    monkeypatch.setattr(ScriptedDeadline, "ROOM", list(room))
+    runs = tmp_path / "runs"
+    line = _stopped_line(cli(*_train_args(runs, "--time-limit", "1")))
+    assert f" at epoch {stopped_at}/4 " in line
+    assert ("(training done, the test left)" in line) == (stopped_at == 4)
+    pace = re.search(r"\(every completed epoch is saved\); at this pace the rest takes ~([\d.]+) s and the whole run ~([\d.]+) s;", line)
+    assert pace is not None, line
+    rest, whole = float(pace[1]), float(pace[2])
+    assert whole > rest >= 0 and (rest > 0 or stopped_at == 4)  # 3 epochs left take time
+    run = _only_run(runs)
+    assert len(run.read_metrics()) == stopped_at and not run.test_path.exists()
+    rerun = cli(*_train_args(runs))
+    assert rerun.exit_code == 0, rerun.output
+    assert_same_run(run, straight)
+
+
+def test_a_time_limit_that_has_passed_stops_before_the_first_iteration(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = cli(*_train_args(runs, "--time-limit", "1e-6"))
+    assert result.exit_code == 75, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("time limit of 0.0 s reached at epoch 0/4 (every completed epoch is saved); ")
+    assert _only_run(runs).read_metrics() == []
+
+
+def test_the_time_limit_is_refused_unless_positive(tmp_path: Path) -> None:
+    result = cli(*_train_args(tmp_path / "runs", "--time-limit", "0"))
+    assert result.exit_code == 2 and "--time-limit" in result.output
+    assert not (tmp_path / "runs").exists()
 
 
 # ---------------------------------------------------------------- 6. damaged run files

@@ -11,7 +11,7 @@ import click
 from mamlpp.errors import MamlppError
 from mamlpp.runs.resolve import resolve_config, resolve_device, run_name, start_run_directory
 from mamlpp.runs.tracking import RunDirectory, resolve_wandb_mode
-from mamlpp.runs.trainer import RunOptions, RunStopped, test_existing_run, train_run
+from mamlpp.runs.trainer import Deadline, RunOptions, RunStopped, test_existing_run, train_run
 
 _DATA_ROOT = click.option(
     "--data-root",
@@ -78,6 +78,15 @@ def format_result(result: dict[str, float]) -> str:
 )
 @_DEVICE
 @click.option("--no-progress", is_flag=True, help="No progress bar (epoch summaries stay).")
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    metavar="MINUTES",
+    help="Stop cleanly before an epoch (or the test) that would end after this many minutes "
+    "of this command (exit status 75); the same command resumes. Prints how long the rest "
+    "and the whole run take at the measured pace.",
+)
 def train(
     preset: str,
     overrides: tuple[str, ...],
@@ -88,6 +97,7 @@ def train(
     wandb_mode: str | None,
     device: str,
     no_progress: bool,
+    time_limit: float | None,
 ) -> None:
     """Train one configuration and test the ensemble of its best checkpoints.
 
@@ -102,15 +112,20 @@ def train(
       mamlpp train --preset omniglot_5way_1shot_mamlpp --scale smoke --seed 0
       mamlpp train --preset omniglot_20way_1shot_maml --seed 1 --set inner.steps=3
       mamlpp train --preset omniglot_20way_1shot_maml --seed 0 --seed 1 --seed 2
+      mamlpp train --preset omniglot_5way_1shot_mamlpp --seed 0 --time-limit 9
     """
+    deadline = Deadline(60 * time_limit) if time_limit is not None else None
     if len(seeds) > 1:
-        _train_seeds(preset, overrides, seeds, scale, runs_dir, data_root, wandb_mode, device, no_progress)
+        _train_seeds(
+            preset, overrides, seeds, scale, runs_dir, data_root, wandb_mode, device, no_progress,
+            deadline,
+        )  # fmt: skip
         return
     (seed,) = seeds
     config = resolve_config(preset, overrides, seed, scale)
     name = run_name(preset, overrides, seed, scale)
     run_dir = RunDirectory(runs_dir / name)
-    options = _train_options(data_root, device, wandb_mode, no_progress)
+    options = _train_options(data_root, device, wandb_mode, no_progress, deadline)
     info = {
         "name": name,
         "preset": preset,
@@ -137,9 +152,11 @@ def train(
 
 
 def _train_options(
-    data_root: Path | None, device: str, wandb_mode: str | None, no_progress: bool
-) -> RunOptions:
-    """`mamlpp train`'s run options: epoch lines on the console, SIGTERM/SIGINT stop cleanly."""
+    data_root: Path | None, device: str, wandb_mode: str | None, no_progress: bool,
+    deadline: Deadline | None,
+) -> RunOptions:  # fmt: skip
+    """`mamlpp train`'s run options: epoch lines on the console, SIGTERM/SIGINT and the time
+    limit stop cleanly."""
     return RunOptions(
         data_root=data_root,
         device=resolve_device(device),
@@ -147,12 +164,14 @@ def _train_options(
         progress=not no_progress,
         log=click.echo,
         stop_on_signals=True,
+        deadline=deadline,
     )
 
 
 def _train_seeds(
     preset: str, overrides: tuple[str, ...], seeds: tuple[int, ...], scale: str, runs_dir: Path,
     data_root: Path | None, wandb_mode: str | None, device: str, no_progress: bool,
+    deadline: Deadline | None,
 ) -> None:  # fmt: skip
     """`train` for several seeds at once: one run directory per seed, trained together."""
     from mamlpp.data import check_data
@@ -164,7 +183,7 @@ def _train_seeds(
     configs = [resolve_config(preset, overrides, seed, scale) for seed in seeds]
     names = [run_name(preset, overrides, seed, scale) for seed in seeds]
     run_dirs = [RunDirectory(runs_dir / name) for name in names]
-    options = _train_options(data_root, device, wandb_mode, no_progress)
+    options = _train_options(data_root, device, wandb_mode, no_progress, deadline)
     if any(not d.test_path.exists() for d in run_dirs):
         check_data(configs[0], data_root)
     runs, started = [], []

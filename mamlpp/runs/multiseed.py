@@ -17,7 +17,6 @@ latest.pt; seeds stopped at different epochs are refused with a note to run them
 from __future__ import annotations
 
 import math
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,15 +38,16 @@ from mamlpp.runs.trainer import (
     EpisodeFactory,
     EpochMeans,
     NonFiniteLossError,
+    Pace,
     RunOptions,
     RunStopped,
     Sampler,
     StopRequest,
     default_episodes,
+    earlier_epoch_seconds,
     epoch_bar,
     epoch_row,
     open_mirror,
-    remaining_line,
     schedule_line,
     stop_on_signals,
     summary_line,
@@ -115,7 +115,7 @@ def train_epoch_together(
     rows: list[list[dict[str, Any]]] = [[] for _ in samplers]
     bar = epoch_bar(config, epoch, progress)
     for i in bar:
-        if stop.signum is not None:
+        if stop.requested():
             bar.close()
             stop.check()
         t = epoch * iters + i
@@ -158,12 +158,14 @@ def _train_together(
     mirrors: list[WandbMirror] = []
     epochs = config.schedule.epochs
     completed = next_epoch
+    pace = Pace(config, earlier_s=earlier_epoch_seconds(run_dirs[0], next_epoch))
+    if options.deadline is not None:
+        pace.start = options.deadline.start
     try:
         for c, run_dir, run in zip(configs, run_dirs, runs, strict=True):
             mirrors.append(open_mirror(run_dir, c, run, options.wandb))
             options.log(schedule_line(c, options.device))
-        seconds: list[float] = []
-        with stop_on_signals(options.stop_on_signals) as stop:
+        with stop_on_signals(options.stop_on_signals, options.deadline) as stop:
             for epoch in range(next_epoch, epochs):
                 start = time.perf_counter()
                 means, iterations = train_epoch_together(
@@ -180,14 +182,14 @@ def _train_together(
                     )  # fmt: skip
                     rows.append((row, finish_epoch(run_dir, learner, row, iterations[s], top_ks[s]), learner))
                 completed = epoch + 1
-                seconds.append(time.perf_counter() - start)
-                left = remaining_line(seconds, epochs - epoch - 1)
+                pace.add(time.perf_counter() - start, train_seconds)
+                left = pace.remaining_line(epochs - completed)
                 for c, mirror, (row, kept, learner) in zip(configs, mirrors, rows, strict=True):
                     mirror.log_epoch(row, learner.lslr_rates())
                     options.log(f"seed {c.seed}: " + summary_line(row, epochs, kept))
                 if left:
                     options.log(left.strip())
-                stop.check()
+                stop.make_room(pace.next_piece(epochs - completed))
             results = []
             for c, run_dir, run, mirror, top_k in zip(configs, run_dirs, runs, mirrors, top_ks, strict=True):
                 result = test_run(c, run_dir, top_k.epochs, options, episodes, write=True, stop=stop)
@@ -200,8 +202,9 @@ def _train_together(
             )
     except RunStopped as e:
         e.completed_epochs, e.total_epochs = completed, epochs
+        pace.project(e)
         for mirror in mirrors:
-            mirror.finish(exit_code=e.exit_code, preempted=e.signum == signal.SIGTERM)
+            mirror.finish(exit_code=e.exit_code, preempted=e.preempted)
         raise
     except BaseException:
         for mirror in mirrors:

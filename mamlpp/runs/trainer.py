@@ -41,45 +41,115 @@ class NonFiniteLossError(MamlppError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class RunStopped(Exception):  # noqa: N818 (a request, not a failure)
-    """SIGTERM or SIGINT stopped the run; every completed epoch is written, the epoch in flight
-    is abandoned, and the same command resumes exactly. `exit_code` is 128 + the signal."""
+TIME_LIMIT_EXIT = 75
+"""Exit status of a run stopped by its time limit: EX_TEMPFAIL of sysexits.h, "try again"."""
 
-    def __init__(self, signum: int) -> None:
+
+class RunStopped(Exception):  # noqa: N818 (a request, not a failure)
+    """The run stopped at a safe point before its end: by SIGTERM or SIGINT (`signum`; exit
+    128 + the signal) or by its time limit (`time_limit`, seconds; exit `TIME_LIMIT_EXIT`).
+    Every completed epoch is written, an epoch in flight is abandoned, and the same command
+    resumes exactly. The catcher fills in how far the run got and, when it can tell, how long
+    the rest and the whole run take at this command's pace."""
+
+    def __init__(self, signum: int | None = None, time_limit: float | None = None) -> None:
         self.signum = signum
+        self.time_limit = time_limit
         self.completed_epochs = 0
         self.total_epochs = 0
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.left_s: float | None = None
+        self.whole_s: float | None = None
+        super().__init__(self._cause())
+
+    def _cause(self) -> str:
+        if self.signum is not None:
+            return f"stopped by {signal.Signals(self.signum).name}"
+        return f"time limit of {minutes(self.time_limit or 0.0)} reached"
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum
+        return 128 + self.signum if self.signum is not None else TIME_LIMIT_EXIT
+
+    @property
+    def preempted(self) -> bool:
+        """Stopped from outside to be resumed (SIGTERM, as SLURM sends, or the time limit)."""
+        return self.signum == signal.SIGTERM or self.signum is None
 
     def message(self) -> str:
+        where = f"at epoch {self.completed_epochs}/{self.total_epochs}"
+        if self.completed_epochs == self.total_epochs:
+            where += " (training done, the test left)"
+        pace = ""
+        if self.left_s is not None and self.whole_s is not None:
+            pace = (
+                f"; at this pace the rest takes ~{minutes(self.left_s)} and the whole run "
+                f"~{minutes(self.whole_s)}"
+            )
         return (
-            f"stopped by {signal.Signals(self.signum).name} at epoch {self.completed_epochs}/"
-            f"{self.total_epochs} (every completed epoch is saved); run the same command to resume"
+            f"{self._cause()} {where} (every completed epoch is saved){pace}; run the same "
+            "command to resume"
         )
+
+
+def minutes(seconds: float) -> str:
+    """A duration for people: seconds under a minute, else minutes."""
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A command's wall-time budget (`mamlpp train --time-limit`), counted from `start`
+    (time.monotonic) so that start-up (data, learner, graph recording) counts too."""
+
+    seconds: float
+    start: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def expired(self) -> bool:
+        return self.elapsed() >= self.seconds
+
+    def has_room_for(self, seconds: float) -> bool:
+        return self.elapsed() + seconds <= self.seconds
 
 
 @dataclass
 class StopRequest:
-    """Set by the SIGTERM/SIGINT handler of `stop_on_signals`; `check` raises RunStopped at the
-    next safe point (between iterations, before writing an epoch, between test chunks)."""
+    """Why the run should stop at its next safe point (between iterations, before writing an
+    epoch, between test chunks): `signum`, set by the SIGTERM/SIGINT handler of
+    `stop_on_signals`, or the `deadline` passing. `check` raises RunStopped then; `make_room`
+    raises it at an epoch boundary when the next piece of work (an epoch, the test) is not
+    expected to end inside the deadline, so a time-limited command ends cleanly instead of
+    abandoning work half done."""
 
     signum: int | None = None
+    deadline: Deadline | None = None
+
+    def requested(self) -> bool:
+        return self.signum is not None or (self.deadline is not None and self.deadline.expired())
 
     def check(self) -> None:
         if self.signum is not None:
             raise RunStopped(self.signum)
+        if self.deadline is not None and self.deadline.expired():
+            raise RunStopped(time_limit=self.deadline.seconds)
+
+    def make_room(self, seconds: float | None) -> None:
+        """Stop unless `seconds` (an estimate; None: unknown, go on) fit before the deadline."""
+        self.check()
+        if self.deadline is not None and seconds is not None:
+            if not self.deadline.has_room_for(seconds):
+                raise RunStopped(time_limit=self.deadline.seconds)
 
 
 @contextlib.contextmanager
-def stop_on_signals(enabled: bool) -> Iterator[StopRequest]:
+def stop_on_signals(enabled: bool, deadline: Deadline | None = None) -> Iterator[StopRequest]:
     """While inside, SIGTERM and SIGINT ask the run to stop at its next safe point; a second
     signal stops at once (atomic writes keep the files whole). The previous handlers are
-    restored afterwards. Outside the main thread (or not `enabled`) nothing is installed."""
-    request = StopRequest()
+    restored afterwards. Outside the main thread (or not `enabled`) nothing is installed. The
+    request also carries the command's `deadline`."""
+    request = StopRequest(deadline=deadline)
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield request
         return
@@ -152,7 +222,7 @@ def train_epoch(
     means, rows = EpochMeans(), []
     bar = epoch_bar(config, epoch, progress)
     for i in bar:
-        if stop.signum is not None:
+        if stop.requested():
             bar.close()
             stop.check()
         t = epoch * iters + i
@@ -244,11 +314,71 @@ def schedule_line(config: Config, device: str) -> str:
     )
 
 
-def remaining_line(epoch_seconds: list[float], epochs_left: int) -> str:
-    if epochs_left == 0 or not epoch_seconds:
-        return ""
-    minutes = sum(epoch_seconds) / len(epoch_seconds) * epochs_left / 60
-    return f"  ~{minutes:.1f} min of training left"
+@dataclass
+class Pace:
+    """Seconds per epoch and per validation pass measured in this command, and what they
+    predict: the next epoch, the ensemble test (`ensemble_top_k` members each adapting to
+    `test_tasks` tasks as validation adapts to `val_tasks`; several seeds trained together
+    validate and test together, so the ratio holds for them too), and the rest of the run.
+    `earlier_s`: the epoch times of the run's epochs trained by earlier commands."""
+
+    config: Config
+    start: float = field(default_factory=time.monotonic)
+    earlier_s: float = 0.0
+    epoch_s: list[float] = field(default_factory=list)
+    val_s: list[float] = field(default_factory=list)
+
+    def add(self, epoch_s: float, train_s: float) -> None:
+        """An epoch's time and the part of it its iterations took (the rest is validation)."""
+        self.epoch_s.append(epoch_s)
+        self.val_s.append(max(0.0, epoch_s - train_s))
+
+    def add_row(self, row: Mapping[str, Any]) -> None:
+        """An epoch's metrics row (`epoch_row`)."""
+        iterations = self.config.schedule.iterations_per_epoch
+        self.add(float(row["time/epoch_s"]), iterations / float(row["time/iters_per_s"]))
+
+    def epoch(self) -> float | None:
+        return sum(self.epoch_s) / len(self.epoch_s) if self.epoch_s else None
+
+    def test(self) -> float | None:
+        if not self.val_s:
+            return None
+        s = self.config.schedule
+        val = sum(self.val_s) / len(self.val_s)
+        return val * s.test_tasks / max(1, s.val_tasks) * s.ensemble_top_k
+
+    def left(self, epochs_left: int) -> float | None:
+        epoch, test = self.epoch(), self.test()
+        if epoch is None or test is None:
+            return None
+        return epoch * epochs_left + test
+
+    def remaining_line(self, epochs_left: int) -> str:
+        epoch = self.epoch()
+        if epochs_left == 0 or epoch is None:
+            return ""
+        return f"  ~{minutes(epoch * epochs_left)} of training left"
+
+    def project(self, stopped: RunStopped) -> None:
+        """Fill in the stopped run's remaining and whole time (this command's start-up
+        included)."""
+        stopped.left_s = self.left(stopped.total_epochs - stopped.completed_epochs)
+        if stopped.left_s is not None:
+            stopped.whole_s = self.earlier_s + (time.monotonic() - self.start) + stopped.left_s
+
+    def next_piece(self, epochs_left: int) -> float | None:
+        """The expected seconds of what comes next: an epoch, or the test after the last."""
+        return self.epoch() if epochs_left > 0 else self.test()
+
+
+def earlier_epoch_seconds(run_dir: RunDirectory, next_epoch: int) -> float:
+    """The epoch times metrics.jsonl holds for the epochs before `next_epoch`."""
+    if next_epoch == 0:
+        return 0.0
+    rows = run_dir.read_metrics()
+    return sum(float(r.get("time/epoch_s", 0.0)) for r in rows if r["epoch"] < next_epoch)
+
 
 # ---------------------------------------------------------------------- the run
 
@@ -265,6 +395,10 @@ class RunOptions:
     """Where the one-line epoch summaries and notes go."""
     stop_on_signals: bool = False
     """SIGTERM/SIGINT stop the run cleanly (RunStopped) instead of killing it (`mamlpp train`)."""
+    deadline: Deadline | None = None
+    """The command's wall-time budget (`mamlpp train --time-limit`): the run stops cleanly
+    before an epoch or the test that would not end inside it, or at the next iteration once it
+    has passed (RunStopped)."""
 
 
 def default_episodes() -> EpisodeFactory:
@@ -322,21 +456,24 @@ def train_run(
     val = episodes(config, "val", data_root=root, seed=config.data.val_seed, device=device)
     mirror = open_mirror(run_dir, config, run, options.wandb)
     options.log(schedule_line(config, options.device))
-    seconds: list[float] = []
+    epochs = config.schedule.epochs
+    pace = Pace(config, earlier_s=earlier_epoch_seconds(run_dir, next_epoch))
+    if options.deadline is not None:
+        pace.start = options.deadline.start
     completed = next_epoch
     try:
-        with stop_on_signals(options.stop_on_signals) as stop:
-            for epoch in range(next_epoch, config.schedule.epochs):
+        with stop_on_signals(options.stop_on_signals, options.deadline) as stop:
+            for epoch in range(next_epoch, epochs):
                 row, kept = run_epoch(
                     learner, train_step, train, val, config, epoch, run_dir, top_k,
                     options.progress, stop,
                 )  # fmt: skip
                 completed = epoch + 1
                 mirror.log_epoch(row, learner.lslr_rates())
-                seconds.append(row["time/epoch_s"])
-                left = remaining_line(seconds, config.schedule.epochs - epoch - 1)
-                options.log(summary_line(row, config.schedule.epochs, kept) + left)
-                stop.check()
+                pace.add_row(row)
+                left = pace.remaining_line(epochs - completed)
+                options.log(summary_line(row, epochs, kept) + left)
+                stop.make_room(pace.next_piece(epochs - completed))
             result = test_run(
                 config, run_dir, top_k.epochs, options, episodes, write=True, stop=stop
             )
@@ -346,8 +483,9 @@ def train_run(
             {f"test/{k}": v for k, v in result.items() if k in ("accuracy", "ci95", "std")}
         )
     except RunStopped as e:
-        e.completed_epochs, e.total_epochs = completed, config.schedule.epochs
-        mirror.finish(exit_code=e.exit_code, preempted=e.signum == signal.SIGTERM)
+        e.completed_epochs, e.total_epochs = completed, epochs
+        pace.project(e)
+        mirror.finish(exit_code=e.exit_code, preempted=e.preempted)
         raise
     except BaseException:
         mirror.finish(exit_code=1)
