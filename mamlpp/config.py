@@ -181,6 +181,11 @@ class Config:
     and replay it: the same arithmetic in one launch instead of thousands
     (mamlpp/engine/cuda_graph.py, benchmarks/RESULTS.md#gpu). False runs it eagerly. Ignored on
     the CPU."""
+    tf32_matmul: bool = False
+    """On a CUDA device, float32 matmuls (the linear head, the folded first layer's patch
+    statistics) in TF32, as cuDNN's convolutions already are by torch's default
+    (`mamlpp.kernels.cuda.tf32_matmuls`; speed and numerical effect: benchmarks/gpu_paper.py,
+    benchmarks/RESULTS.md#gpu). Ignored on the CPU."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)

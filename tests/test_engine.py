@@ -3,6 +3,7 @@ MSL weights, hand-written first-order references."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -530,3 +531,54 @@ def test_a_task_group_error_reaches_the_caller_and_threads_are_restored() -> Non
         task_threads.map_on_threads(work, groups)
     assert torch.get_num_threads() == threads
     assert task_threads.map_on_threads(lambda g: g.stop, groups) == [2, 4]  # in the groups' order
+
+
+def test_tf32_matmuls_apply_on_cuda_only_and_restore_the_flag() -> None:
+    """`tf32_matmul` gives CUDA learners a step context that turns TF32 matmuls on and restores
+    torch's setting after it, also after an error; the CPU ignores it. (Its numerical effect
+    on a GPU: benchmarks/gpu_paper.py.)"""
+    from mamlpp import kernels
+    from mamlpp.kernels import cuda
+
+    spec = model.NetSpec.from_config(synthetic_config())
+    on_cuda = kernels.choose(torch.device("cuda"), spec, tf32_matmul=True)
+    assert on_cuda.precision is cuda.tf32_matmuls and on_cuda.name.endswith("+tf32")
+    assert kernels.choose(torch.device("cuda"), spec).precision is not cuda.tf32_matmuls
+    assert kernels.choose(torch.device("cpu"), spec, tf32_matmul=True).precision is not cuda.tf32_matmuls
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with cuda.tf32_matmuls():
+            assert torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32
+        with pytest.raises(RuntimeError), cuda.tf32_matmuls():
+            raise RuntimeError("a failing step")
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_learners_run_their_steps_under_the_kernels_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`outer_step` and `evaluate` (single and stacked seeds) enter `Kernels.precision`."""
+    import contextlib
+
+    from mamlpp.engine.seeds import SeedStack
+
+    c = replace(synthetic_config(), outer=replace(synthetic_config().outer, meta_batch_size=2))
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def recording() -> Iterator[None]:
+        entered.append("in")
+        yield
+
+    batch = random_batch(c, 2)
+    learner = MetaLearner(c)
+    stack = SeedStack([c, replace(c, seed=1)])
+    for holder in (learner, stack):
+        holder.kernels = replace(holder.kernels, precision=recording)
+    learner.train_step(batch, 0)
+    learner.evaluate(batch)
+    stack.train_step([batch, batch], 0)
+    stack.evaluate([batch, batch])
+    assert entered == ["in"] * 4

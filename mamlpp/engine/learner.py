@@ -115,7 +115,7 @@ class MetaLearner:
         self.dtype = dtype
         self.spec = model.NetSpec.from_config(config)
         self.engine = choose_engine(config)
-        self.kernels = kernels.choose(self.device, self.spec, kernel_options)
+        self.kernels = kernels.choose(self.device, self.spec, kernel_options, config.tf32_matmul)
         self.task_threads = kernel_options.task_threads
         self.params, self.rates, self.running = initial_state(config, self.device, dtype)
         self.optimizer = meta_optimizer(self.meta_parameters(), config, capturable)
@@ -264,7 +264,12 @@ class MetaLearner:
         """One outer update under `plan`, left on the device: meta-gradients, clipping when
         configured, Adam (at the optimizer's current learning rate), BN running statistics.
         Returns the meta loss's result and the [P, 4] gradient statistics of the meta-parameters
-        that received a gradient (`gradient_rows`, names in `gradient_names()`)."""
+        that received a gradient (`gradient_rows`, names in `gradient_names()`). Runs under the
+        kernels' numerical settings (`Kernels.precision`)."""
+        with self.kernels.precision():
+            return self._outer_step(batch, plan)
+
+    def _outer_step(self, batch: TaskBatch, plan: StepPlan) -> tuple[MetaLossResult, Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
         result = self._meta_gradients(batch, plan)
         meta = self.meta_parameters()
@@ -337,7 +342,12 @@ class MetaLearner:
     def evaluate(self, batch: TaskBatch) -> EvalResult:
         """Adapt to each task with `inner.eval_steps` first-order steps and score its target set.
         Batch norm uses the config's `bn.eval_stats`; running statistics are not changed.
-        On the CPU, groups of tasks run on parallel threads (`task_threads`)."""
+        On the CPU, groups of tasks run on parallel threads (`task_threads`); on CUDA, under the
+        kernels' numerical settings (`Kernels.precision`)."""
+        with self.kernels.precision():
+            return self._evaluate_groups(batch)
+
+    def _evaluate_groups(self, batch: TaskBatch) -> EvalResult:
         batch = batch.to(self.device, self.dtype)
         groups = self._task_groups(batch)
         parts = task_threads.map_on_threads(lambda g: self._evaluate(batch.tasks(g)), groups)

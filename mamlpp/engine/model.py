@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
@@ -292,6 +293,9 @@ class Kernels:
     batch_norm: BatchNormKernel = batch_norm_fused
     memory_format: torch.memory_format = torch.contiguous_format
     """Activation layout of the folded forward."""
+    precision: Callable[[], AbstractContextManager[object]] = nullcontext
+    """The numerical settings a whole step (forward and backward) runs under, e.g. TF32 matmuls
+    on CUDA; the learners enter it around `outer_step` and `evaluate`."""
 
 
 PLAIN = Kernels()

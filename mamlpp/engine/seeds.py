@@ -122,7 +122,9 @@ class SeedStack:
         self.dtype = dtype
         self.kernel_options = kernel_options
         self.spec = model.NetSpec.from_config(self.config)
-        self.kernels = kernels.choose(self.device, self.spec, kernel_options)
+        self.kernels = kernels.choose(
+            self.device, self.spec, kernel_options, self.config.tf32_matmul
+        )
         states = [initial_state(c, self.device, dtype) for c in self.configs]
 
         def stack(part: int, grad: bool) -> dict[str, Tensor]:
@@ -238,6 +240,10 @@ class SeedStack:
     def outer_step(self, batch: TaskBatch, plan: StepPlan) -> tuple[SeedLossResult, Tensor]:
         """`MetaLearner.outer_step` for every seed at once, left on the device. Returns the
         losses and the [S, P, 4] gradient statistics (names in `gradient_names()`)."""
+        with self.kernels.precision():
+            return self._outer_step(batch, plan)
+
+    def _outer_step(self, batch: TaskBatch, plan: StepPlan) -> tuple[SeedLossResult, Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
         result = self.meta_loss(batch, plan)
         result.loss.sum().backward()  # seed s's slices receive the gradient of its own loss
@@ -290,6 +296,10 @@ class SeedStack:
     def evaluate(self, batches: TaskBatch | Sequence[TaskBatch]) -> list[EvalResult]:
         """`MetaLearner.evaluate` of every seed on its own tasks (one batch per seed, or the
         joined batch), as one folded pass; one `EvalResult` per seed."""
+        with self.kernels.precision():
+            return self._evaluate(batches)
+
+    def _evaluate(self, batches: TaskBatch | Sequence[TaskBatch]) -> list[EvalResult]:
         batch = batches if isinstance(batches, TaskBatch) else self.join(batches)
         batch = batch.to(self.device, self.dtype)
         per_seed = self._tasks_per_seed(batch)

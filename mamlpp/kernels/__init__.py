@@ -11,7 +11,7 @@ defaults are what was measured fastest (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -41,8 +41,11 @@ class KernelOptions:
 DEFAULT = KernelOptions()
 
 
-def choose(device: torch.device, spec: NetSpec, options: KernelOptions = DEFAULT) -> Kernels:
-    """The speed paths for `spec`'s network on `device`:
+def choose(
+    device: torch.device, spec: NetSpec, options: KernelOptions = DEFAULT, tf32_matmul: bool = False
+) -> Kernels:
+    """The speed paths for `spec`'s network on `device` (with `tf32_matmul`, the config's
+    choice, its steps run under `cuda.tf32_matmuls` on CUDA):
 
     - CPU: max-pooling by gather; the first stage as a matmul with prepared patches when the
       network max-pools, else the first batch norm folded into the convolution.
@@ -70,4 +73,6 @@ def choose(device: torch.device, spec: NetSpec, options: KernelOptions = DEFAULT
             cpu.batch_norm_elementwise if options.batch_norm == "elementwise" else kernels.batch_norm,
             torch.channels_last if options.channels_last else kernels.memory_format,
         )
+    if tf32_matmul and device.type == "cuda":
+        kernels = replace(kernels, name=kernels.name + "+tf32", precision=cuda.tf32_matmuls)
     return kernels
