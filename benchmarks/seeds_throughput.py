@@ -4,7 +4,8 @@ against one seed, and whether the joint step matches separate learners on this d
     .venv/bin/python benchmarks/seeds_throughput.py omniglot_20way_1shot_mamlpp cuda 2,3,4
 
 For each S: the median seconds of one joint iteration (MAML++ at epoch 0: second order, every
-MSL step computed) of S seeds, eager and, on CUDA, replayed as a CUDA graph (`GraphedSeedStep`),
+MSL step computed) of S seeds (`mamlpp.bench.time_engine`), eager and, on CUDA, replayed as a
+CUDA graph (`GraphedSeedStep`),
 and the speed-up per seed-iteration over S=1 (S x t(1) / t(S)). Then one float64 check: two
 seeds together vs two separate learners after 2 steps (max |difference| of the parameters).
 Run it on an otherwise idle machine.
@@ -13,34 +14,16 @@ Run it on an otherwise idle machine.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import replace
 
 import torch
 
-from mamlpp.bench import random_batch
+from mamlpp.bench import random_batch, time_engine
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine.learner import MetaLearner
-from mamlpp.engine.seeds import GraphedSeedStep, SeedStack
+from mamlpp.engine.seeds import SeedStack
 from mamlpp.kernels import KernelOptions
 from mamlpp.presets import get_preset
-
-
-def seconds_per_iteration(stack: SeedStack, graphed: bool, iterations: int = 10) -> float:
-    generator = torch.Generator().manual_seed(0)
-    batch = stack.join([random_batch(stack.config, generator) for _ in range(stack.seeds)])
-    step = GraphedSeedStep(stack) if graphed else stack.train_step
-    times = []
-    for i in range(3 + iterations):
-        if stack.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step(batch, 0)
-        if stack.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def exactness(preset: str, device: str) -> float:
@@ -65,17 +48,14 @@ def exactness(preset: str, device: str) -> float:
 
 def main(preset: str, device: str, seed_counts: list[int]) -> None:
     config = replace(get_preset(preset).config, engine="folded")
-    base: dict[bool, float] = {}
     for graphed in (False, True) if device.startswith("cuda") else (False,):
-        for s in seed_counts:
-            configs = [replace(config, seed=i) for i in range(s)]
-            stack = SeedStack(configs, device, capturable=graphed)
-            t = seconds_per_iteration(stack, graphed)
-            base.setdefault(graphed, t)  # S=1 comes first
-            speedup = s * base[graphed] / t
+        base = 0.0
+        for s in seed_counts:  # S=1 comes first
+            per_seed = time_engine(config, device, 10, 3, cuda_graph=graphed, seeds=s)
+            base = base or per_seed
             kind = "graph" if graphed else "eager"
-            print(f"{preset} {device} {kind} S={s}: {t * 1e3:.1f} ms/iteration, "
-                  f"{speedup:.2f}x per seed-iteration vs S=1", flush=True)  # fmt: skip
+            print(f"{preset} {device} {kind} S={s}: {per_seed * s * 1e3:.1f} ms/iteration, "
+                  f"{base / per_seed:.2f}x per seed-iteration vs S=1", flush=True)  # fmt: skip
     print(f"float64, 2 seeds x 2 steps, max |together - apart| = {exactness(preset, device):.2e}")
 
 

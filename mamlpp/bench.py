@@ -14,12 +14,13 @@ backward costs about twice that graph. Total ~ 3 (3 F_s + F_t) per task.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import click
 import torch
 
-from mamlpp.config import Config
+from mamlpp.config import Config, apply_overrides
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine.learner import MetaLearner
 from mamlpp.engine.model import NetSpec, conv_flops_per_image
@@ -40,7 +41,9 @@ class BenchRow:
     engine: str
     device: str
     seconds_per_iteration: float
+    """Of one seed's outer iteration: with `seeds` > 1, the joint step's time / seeds."""
     gflop_per_iteration: float
+    seeds: int = 1
 
     @property
     def iterations_per_second(self) -> float:
@@ -79,15 +82,28 @@ def time_engine(
     warmup: int,
     cuda_graph: bool = False,
     kernel_options: KernelOptions = DEFAULT_KERNELS,
+    seeds: int = 1,
 ) -> float:
-    """Median seconds per outer iteration at epoch 0 (every MSL step computed)."""
-    learner = MetaLearner(config, device, kernel_options=kernel_options, capturable=cuda_graph)
-    step = learner.train_step
-    if cuda_graph:
-        from mamlpp.engine.cuda_graph import GraphedTrainStep
+    """Median seconds per outer iteration at epoch 0 (every MSL step computed). With `seeds`
+    > 1, seeds 0..S-1 of `config` train as one folded step (`mamlpp.engine.seeds.SeedStack`),
+    each on its own meta-batch, and the result is the joint step's median / S."""
+    generator = torch.Generator().manual_seed(0)
+    step: Callable[[TaskBatch, int], object]
+    if seeds == 1:
+        learner = MetaLearner(config, device, kernel_options=kernel_options, capturable=cuda_graph)
+        step = learner.train_step
+        if cuda_graph:
+            from mamlpp.engine.cuda_graph import GraphedTrainStep
 
-        step = GraphedTrainStep(learner)
-    batch = random_batch(config, torch.Generator().manual_seed(0)).to(device)
+            step = GraphedTrainStep(learner)
+        batch = random_batch(config, generator).to(device)
+    else:
+        from mamlpp.engine.seeds import GraphedSeedStep, SeedStack
+
+        configs = [replace(config, seed=s) for s in range(seeds)]
+        stack = SeedStack(configs, device, kernel_options=kernel_options, capturable=cuda_graph)
+        step = GraphedSeedStep(stack) if cuda_graph else stack.train_step  # type: ignore[assignment]
+        batch = stack.join([random_batch(config, generator) for _ in range(seeds)]).to(device)
     times = []
     for i in range(warmup + iterations):
         _synchronize(device)
@@ -96,7 +112,7 @@ def time_engine(
         _synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return sorted(times)[len(times) // 2] / seeds
 
 
 def _synchronize(device: str) -> None:
@@ -105,19 +121,24 @@ def _synchronize(device: str) -> None:
 
 
 def run_benchmark(
-    shapes: list[str], engines: list[str], devices: list[str], iterations: int, warmup: int
-) -> list[BenchRow]:
+    shapes: list[str], engines: list[str], devices: list[str], iterations: int, warmup: int,
+    overrides: Sequence[str] = (), seeds: int = 1,
+) -> list[BenchRow]:  # fmt: skip
+    """One row per (shape, device, engine); `overrides`: `--set` values applied to every
+    shape's preset; `seeds`: seeds per folded step (`time_engine`)."""
     rows = []
     for shape in shapes:
-        config = get_preset(SHAPES[shape]).config
+        config = apply_overrides(get_preset(SHAPES[shape]).config, list(overrides))
         for device in devices:
             for engine in engines:
                 graphed = engine == "folded+graph"
                 if graphed and not device.startswith("cuda"):
                     continue
+                if seeds > 1 and engine == "loop":
+                    continue  # seeds are trained together by the folded engine only
                 variant = replace(config, engine="folded" if graphed else engine)  # type: ignore[arg-type]
-                seconds = time_engine(variant, device, iterations, warmup, cuda_graph=graphed)
-                rows.append(BenchRow(shape, engine, device, seconds, analytic_gflop(config)))
+                seconds = time_engine(variant, device, iterations, warmup, graphed, seeds=seeds)
+                rows.append(BenchRow(shape, engine, device, seconds, analytic_gflop(config), seeds))
     return rows
 
 
@@ -129,6 +150,7 @@ def format_rows(rows: list[BenchRow]) -> str:
             "shape": r.shape,
             "device": r.device,
             "engine": r.engine,
+            "seeds": r.seeds,
             "s/iter": round(r.seconds_per_iteration, 4),
             "iter/s": round(r.iterations_per_second, 2),
             "GFLOP/iter": round(r.gflop_per_iteration, 1),
@@ -162,13 +184,18 @@ def _ratio(rows: list[BenchRow], shape: str, device: str) -> float | None:
               help="Device(s), e.g. cpu, cuda; default: cpu, plus cuda when present.")
 @click.option("--iterations", default=5, show_default=True, help="Timed iterations per row.")
 @click.option("--warmup", default=2, show_default=True, help="Untimed iterations first.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change one config field of every shape, e.g. --set tf32_matmul=true.")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Seeds trained together as one folded step; s/iter is then per seed.")
 def bench(shapes: tuple[str, ...], engines: tuple[str, ...], devices: tuple[str, ...],
-          iterations: int, warmup: int) -> None:  # fmt: skip
+          iterations: int, warmup: int, overrides: tuple[str, ...], seeds: int) -> None:  # fmt: skip
     """Time one outer iteration (2nd order, MSL on, meta-batch as in the paper) per engine.
 
     \b
     Example:
       mamlpp bench --shape omniglot-5way-1shot --device cpu
+      mamlpp bench --device cuda --engine folded+graph --seeds 3 --set tf32_matmul=true
     """
     default_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = run_benchmark(
@@ -177,6 +204,8 @@ def bench(shapes: tuple[str, ...], engines: tuple[str, ...], devices: tuple[str,
         list(devices) or default_devices,
         iterations,
         warmup,
+        overrides,
+        seeds,
     )
     click.echo(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
                + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))  # fmt: skip
