@@ -1,0 +1,237 @@
+"""A lent GPU's session for the paper-scale goal, in one command of under 10 minutes: is the
+CUDA-graph step exact (one seed and several seeds per step), the three paper shapes' ms per
+iteration (the default, TF32 matmuls, three seeds per step), TF32 matmuls' numerical effect,
+then the paper-scale Omniglot 5-way 1-shot MAML++ run (seed 0) for the rest of the budget:
+`mamlpp train ... --time-limit`, resumed from the state an earlier session brought back.
+Results: benchmarks/RESULTS.md#gpu; the run's files: results/.
+
+Prepare here, once (the GPU machine has no internet and starts bare every session; .gitignore
+ignores both folders):
+
+    mkdir -p .gpu_data/omniglot && cp <data root>/omniglot/*.zip .gpu_data/omniglot/
+    MAMLPP_CACHE=.gpu_data/cache .venv/bin/mamlpp data prepare omniglot --root .gpu_data
+
+Run with the device tool (carry `.gpu_data` and, from the second session on, `.gpu_runs`;
+timeout_s 600):
+
+    PYTHONUNBUFFERED=1 MAMLPP_DATA=.gpu_data MAMLPP_CACHE=.gpu_data/cache \\
+      PYTHONPATH=. python3 benchmarks/gpu_paper.py --budget 570
+
+What comes back under $OUT: gpu_results.txt (everything said), results/config.json,
+results/metrics.jsonl, results/test.json (once the run is finished), results/train.txt (the
+command, the card and the run's output), and run_state.tar.gz: the run directory (W&B files
+left out). Unpack it into .gpu_runs/ (`mkdir -p .gpu_runs && tar xzf run_state.tar.gz -C
+.gpu_runs`) and carry .gpu_runs next time: the same command resumes the run where it stopped.
+
+`--dry-run` runs the same plumbing on the CPU with a tiny synthetic run
+(tests/test_gpu_paper_script.py), so a GPU session never finds a broken script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from gpu_session import OUT, run_parts, session_log
+
+from mamlpp.bench import SHAPES, format_rows, random_batch, run_benchmark
+from mamlpp.config import Config
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine.cuda_graph import GraphedTrainStep
+from mamlpp.engine.learner import MetaLearner
+from mamlpp.engine.seeds import GraphedSeedStep, SeedStack
+from mamlpp.presets import get_preset
+from mamlpp.runs.resolve import run_name
+
+say = session_log("gpu_results.txt")
+
+PRESET = "omniglot_5way_1shot_mamlpp"
+RESERVE_S = 30.0
+"""Seconds of the budget kept for packing the run's files after it stops."""
+PRE_PAPER_CAP_S = 240.0
+"""The checks and benchmarks are skipped once this much of the session has gone, so the run
+keeps most of the budget."""
+DRY_OVERRIDES = [
+    "data.dataset=synthetic", "model.filters=8", "inner.steps=2", "inner.eval_steps=2",
+    "outer.meta_batch_size=2", "schedule.epochs=4", "schedule.iterations_per_epoch=3",
+    "schedule.val_tasks=4", "schedule.test_tasks=4", "schedule.ensemble_top_k=2",
+]  # fmt: skip
+"""The dry run's tiny synthetic run (as tests/support/tiny.py's TINY_RUN_OVERRIDES)."""
+
+
+# ---------------------------------------------------------------------- exactness
+
+
+def _max_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def exactness() -> None:
+    """float64, Omniglot 20-way 1-shot MAML++, 4 updates on fixed random batches: the graph
+    replay against the eager step with the same (capturable) Adam, for one seed
+    (`GraphedTrainStep`) and for three seeds per step (`GraphedSeedStep`). Exact means ~1e-15."""
+    c = get_preset("omniglot_20way_1shot_mamlpp").config
+    gen = torch.Generator().manual_seed(1)
+    batches = [random_batch(c, gen) for _ in range(4)]
+    finals = {}
+    for graphed in (False, True):
+        learner = MetaLearner(c, "cuda", torch.float64, capturable=True)
+        step = GraphedTrainStep(learner) if graphed else learner.train_step
+        losses = [step(b, 0).loss for b in batches]
+        finals[graphed] = (losses, {k: v.detach() for k, v in learner.meta_parameters().items()})
+    loss_gap = max(abs(x - y) for x, y in zip(finals[True][0], finals[False][0], strict=True))
+    say(f"[exact] one seed, float64, graph vs eager (capturable Adam both): max |loss gap| "
+        f"{loss_gap:.1e}, max |parameter gap| after 4 updates {_max_gap(finals[True][1], finals[False][1]):.1e}")  # fmt: skip
+
+    configs = [replace(c, seed=s) for s in range(3)]
+    seed_batches: list[TaskBatch] = [random_batch(c, gen) for _ in range(3 * 4)]
+    stacks = {}
+    for graphed in (False, True):
+        stack = SeedStack(configs, "cuda", torch.float64, capturable=True)
+        step = GraphedSeedStep(stack) if graphed else stack.train_step
+        for i in range(4):
+            step(stack.join(seed_batches[3 * i : 3 * i + 3]), 0)
+        stacks[graphed] = {k: v.detach() for k, v in stack.meta_parameters().items()}
+    say(f"[exact] three seeds per step, float64, graph vs eager: max |parameter gap| after 4 "
+        f"updates {_max_gap(stacks[True], stacks[False]):.1e}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------- speed
+
+
+def bench(dry: bool) -> None:
+    """ms per outer iteration of the three paper shapes, graph step: the default; TF32 matmuls;
+    three seeds per step (per seed)."""
+    device, engine = ("cpu", "folded") if dry else ("cuda", "folded+graph")
+    shapes = ["omniglot-5way-1shot"] if dry else list(SHAPES)
+    tiny = ["model.filters=4", "inner.steps=1"] if dry else []
+    iterations, warmup = (1, 0) if dry else (10, 3)
+    variants = {"default": ([], 1), "tf32_matmul": (["tf32_matmul=true"], 1), "3 seeds": ([], 3)}
+    for name, (overrides, seeds) in variants.items():
+        rows = run_benchmark(shapes, [engine], [device], iterations, warmup, [*tiny, *overrides], seeds)
+        say(f"[bench] {name} (--set {' '.join(overrides) or '-'}, --seeds {seeds}):\n{format_rows(rows)}")
+
+
+def tf32_effect() -> None:
+    """TF32 matmuls' numerical effect next to TF32 convolutions' (torch's default): float32
+    losses of 4 graphed updates against float64, Omniglot 20-way 1-shot."""
+    c = get_preset("omniglot_20way_1shot_mamlpp").config
+    gen = torch.Generator().manual_seed(2)
+    batches = [random_batch(c, gen) for _ in range(4)]
+
+    def losses(config: Config, dtype: torch.dtype, conv_tf32: bool = True) -> list[float]:
+        torch.backends.cudnn.allow_tf32 = conv_tf32
+        try:
+            learner = MetaLearner(config, "cuda", dtype, capturable=True)
+            step = GraphedTrainStep(learner)
+            return [step(b, 0).loss for b in batches]
+        finally:
+            torch.backends.cudnn.allow_tf32 = True
+
+    reference = losses(c, torch.float64)
+    cases = {
+        "float32, no TF32": losses(c, torch.float32, conv_tf32=False),
+        "float32, TF32 convolutions (default)": losses(c, torch.float32),
+        "float32, TF32 convolutions and matmuls": losses(replace(c, tf32_matmul=True), torch.float32),
+    }
+    for name, values in cases.items():
+        gap = max(abs(x - y) / abs(y) for x, y in zip(values, reference, strict=True))
+        say(f"[tf32] {name}: max relative loss gap to float64 over 4 updates {gap:.1e}")
+
+
+# ---------------------------------------------------------------------- the paper-scale run
+
+
+def paper(dry: bool, runs: Path, minutes: float) -> None:
+    """The run for `minutes` (`--time-limit`), its output streamed to the log; then its files
+    under $OUT/results and the run directory in $OUT/run_state.tar.gz."""
+    scale, device = ("smoke", "cpu") if dry else ("paper", "cuda")
+    sets = [a for o in DRY_OVERRIDES for a in ("--set", o)] if dry else []
+    cmd = [
+        sys.executable, "-m", "mamlpp.cli", "train", "--preset", PRESET, "--seed", "0",
+        "--scale", scale, "--device", device, "--wandb", "off", "--no-progress",
+        "--runs-dir", str(runs), "--time-limit", f"{minutes:.2f}", *sets,
+    ]  # fmt: skip
+    results = OUT / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (dry run)"
+    header = [
+        f"command: mamlpp {' '.join(cmd[3:])}",
+        f"card: {card}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+    ]
+    say("\n".join(header))
+    start = time.time()
+    with open(results / "train.txt", "w") as log:
+        log.write("\n".join(header) + "\n")
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            say(f"[paper] {line.rstrip()}")
+        code = process.wait()
+        log.write(f"exit {code} after {time.time() - start:.0f} s\n")
+    say(f"[paper] exit {code} after {time.time() - start:.0f} s (75: stopped at the time limit)")
+    run_dir = runs / run_name(PRESET, DRY_OVERRIDES if dry else [], 0, scale)
+    for name in ("config.json", "metrics.jsonl", "test.json"):
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, results / name)
+    if run_dir.exists():
+        with tarfile.open(OUT / "run_state.tar.gz", "w:gz") as tar:
+            tar.add(run_dir, arcname=run_dir.name, filter=lambda t: None if "/wandb" in t.name else t)
+        size = (OUT / "run_state.tar.gz").stat().st_size / 2**20
+        say(f"[paper] run state: $OUT/run_state.tar.gz ({size:.1f} MiB), {len(_metrics_lines(run_dir))} epochs done")
+
+
+def _metrics_lines(run_dir: Path) -> list[str]:
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=570.0, help="seconds for the whole script")
+    parser.add_argument("--runs-dir", type=Path, default=Path(".gpu_runs"))
+    parser.add_argument("--dry-run", action="store_true", help="the plumbing on the CPU, tiny")
+    parser.add_argument("parts", nargs="*", help="exact bench tf32 paper (default: all)")
+    args = parser.parse_args()
+    start = time.time()
+    if not args.dry_run and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu_paper.py needs a CUDA GPU (or --dry-run)")
+    say(f"gpu_paper.py: {torch.cuda.get_device_name() if not args.dry_run else 'dry run on the CPU'}, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, budget {args.budget:.0f} s")  # fmt: skip
+
+    def early(part: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            if args.dry_run:
+                say("[skip] needs CUDA: not in a dry run")
+            elif time.time() - start > PRE_PAPER_CAP_S:
+                say(f"[skip] {PRE_PAPER_CAP_S:.0f} s gone: the time is left to the run")
+            else:
+                part()
+
+        return run
+
+    def the_run() -> None:
+        minutes = max(args.budget - (time.time() - start) - RESERVE_S, 0.1) / 60
+        paper(args.dry_run, args.runs_dir.resolve(), minutes)
+
+    parts = {
+        "exact": early(exactness),
+        "bench": (lambda: bench(True)) if args.dry_run else early(lambda: bench(False)),
+        "tf32": early(tf32_effect),
+        "paper": the_run,
+    }
+    run_parts(parts, args.parts, say)
+    say(f"gpu_paper.py done in {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

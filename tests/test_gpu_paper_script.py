@@ -1,0 +1,48 @@
+"""benchmarks/gpu_paper.py's plumbing, dry on the CPU: a lent GPU has minutes, so the script
+that spends them must not fail on a path, a file name or the run state it hands to the next
+session. The run state it packs resumes: unpacked into a fresh runs folder with the run's test
+result taken away, the same script resumes it to the same test result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dry_run(out: Path, runs: Path) -> str:
+    out.mkdir(parents=True)
+    env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_paper.py", "--dry-run", "--budget", "300", "--runs-dir", str(runs)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_dry_run_leaves_results_and_a_run_state_that_resumes(tmp_path: Path) -> None:
+    out = _dry_run(tmp_path / "out1", tmp_path / "runs1")
+    assert "FAILED" not in out, out
+    assert out.count("[skip] needs CUDA") == 2 and "[bench] 3 seeds" in out
+    results = tmp_path / "out1" / "results"
+    assert sorted(p.name for p in results.iterdir()) == ["config.json", "metrics.jsonl", "test.json", "train.txt"]
+    assert (results / "train.txt").read_text().startswith("command: mamlpp train --preset omniglot_5way_1shot_mamlpp")
+    assert len((results / "metrics.jsonl").read_text().splitlines()) == 4
+    first = json.loads((results / "test.json").read_text())
+
+    with tarfile.open(tmp_path / "out1" / "run_state.tar.gz") as tar:
+        names = tar.getnames()
+        (run,) = {n.split("/")[0] for n in names}
+        assert f"{run}/checkpoints/latest.pt" in names and not any("/wandb" in n for n in names)
+        tar.extractall(tmp_path / "runs2", filter="data")
+    (tmp_path / "runs2" / run / "test.json").unlink()
+
+    again = _dry_run(tmp_path / "out2", tmp_path / "runs2")
+    assert f"resuming {tmp_path / 'runs2' / run} after epoch 3" in again
+    assert json.loads((tmp_path / "out2" / "results" / "test.json").read_text()) == first
