@@ -9,6 +9,7 @@ SEEDS  ?= 0 1 2
 ROWS   ?=
 SET    ?=
 FIDELITY ?= paper
+TIME_LIMIT ?=
 REPORTS ?= reports
 RUNS   ?= runs
 export MAMLPP_DATA ?= $(CURDIR)/data
@@ -20,7 +21,7 @@ help:
 	@echo "make test    run the test suite"
 	@echo "make check   ruff + mypy"
 	@echo "make bench   engine speed benchmark (seconds per outer iteration)"
-	@echo "make table1|table2|figure2 SCALE=smoke|paper JOBS=N|auto [SEEDS='0 1 2'] [ROWS=preset...] [SET=key=value...] [FIDELITY=paper|reference-code]"
+	@echo "make table1|table2|figure2 SCALE=smoke|paper JOBS=N|auto [SEEDS='0 1 2'] [ROWS=preset...] [SET=key=value...] [FIDELITY=paper|reference-code] [TIME_LIMIT=minutes]"
 	@echo "            train the missing runs of a paper experiment (JOBS=auto: one per GPU), then its report"
 	@echo "make report  rebuild reports/ from the run directories"
 	@echo "make screenshot  docs/report-index.png from the demo's report (example runs when there is no demo)"
@@ -72,7 +73,8 @@ bench: setup
 table1 table2 figure2: setup
 	$(BIN)/mamlpp sweep run $@ --scale $(SCALE) --jobs $(JOBS) --runs-dir $(RUNS)/$(SCALE) \
 		$(foreach s,$(SEEDS),--seed $(s)) $(foreach r,$(ROWS),--preset $(r)) $(foreach o,$(SET),--set $(o)) \
-		$(if $(filter-out paper,$(FIDELITY)),--set fidelity=$(FIDELITY))
+		$(if $(filter-out paper,$(FIDELITY)),--set fidelity=$(FIDELITY)) \
+		$(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT))
 	$(BIN)/mamlpp report --runs-dir $(RUNS)/$(SCALE) --out $(REPORTS)/$(SCALE)
 
 report: setup

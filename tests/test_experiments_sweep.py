@@ -40,6 +40,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--preset"); p.add_argument("--seed", type=int); p.add_argument("--scale")
 p.add_argument("--runs-dir"); p.add_argument("--set", action="append", default=[])
 p.add_argument("--wandb"); p.add_argument("--device"); p.add_argument("--data-root")
+p.add_argument("--time-limit", type=float)
 a = p.parse_args()
 run = Path(a.runs_dir) / run_name(a.preset, a.set, a.seed, a.scale)
 run.mkdir(parents=True, exist_ok=True)
@@ -48,6 +49,8 @@ with open(os.environ["FAKE_TRAIN_CALLS"], "a") as f:
                         "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
 if a.preset == os.environ.get("FAKE_TRAIN_FAIL"):
     sys.exit(3)
+if a.preset == os.environ.get("FAKE_TRAIN_STOP"):
+    sys.exit(75)  # stopped at its time limit
 (run / "test.json").write_text(json.dumps({"accuracy": 0.5}))
 """
 ROWS = ("omniglot_5way_1shot_maml", "omniglot_5way_1shot_mamlpp")
@@ -63,6 +66,7 @@ def fake_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(TRAIN_COMMAND_ENV, shlex.join([sys.executable, str(script)]))
     monkeypatch.setenv("FAKE_TRAIN_CALLS", str(calls))
     monkeypatch.delenv("FAKE_TRAIN_FAIL", raising=False)
+    monkeypatch.delenv("FAKE_TRAIN_STOP", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPUs, and no torch.cuda probing
     return calls
 
@@ -383,3 +387,38 @@ def test_seeds_train_together_where_gpus_are_visible(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     out = CliRunner().invoke(main, args).output
     assert len([line for line in out.splitlines() if "--preset" in line]) == 4, out
+
+
+def test_the_time_limit_is_shared_by_the_launches_and_the_rerun_continues(
+    fake_train: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each launch gets what is left of the sweep's --time-limit; one stopped at it makes the
+    sweep exit 75 with the rerun advice (not a failure), and the rerun trains what is left."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("FAKE_TRAIN_STOP", ROWS[0])
+    result = CliRunner().invoke(main, ["sweep", "run", "table1", "--scale", "smoke", "--runs-dir",
+        str(runs), "--preset", ROWS[0], "--preset", ROWS[1], "--seed", "0", "--jobs", "1",
+        "--time-limit", "5"])  # fmt: skip
+    assert result.exit_code == 75, result.output
+    assert "stopped at the time limit" in result.output and "FAILED" not in result.output
+    assert result.stderr.strip() == (
+        "time limit of 5.0 min reached: 1 of 2 launches stopped at it or not started (every "
+        "completed epoch is saved); run the same command to continue"
+    )
+    limits = [float(c["argv"][c["argv"].index("--time-limit") + 1]) for c in _calls(fake_train)]
+    assert len(limits) == 2 and 5 >= limits[0] >= limits[1] > 4
+    monkeypatch.delenv("FAKE_TRAIN_STOP")
+    code, out = _sweep_run(runs, "--jobs", "1")
+    assert code == 0 and "1 finished, 1 unfinished (resume), 0 missing" in out, out
+
+
+def test_no_launch_starts_after_the_time_limit(fake_train: Path, tmp_path: Path) -> None:
+    code, out = _sweep_run(tmp_path / "runs", "--jobs", "1", "--time-limit", "1e-9")
+    assert code == 75, out
+    assert out.count("not started: the time limit has passed") == 2
+    assert _calls(fake_train) == []
+
+
+def test_the_time_limit_is_refused_with_slurm(tmp_path: Path) -> None:
+    code, out = _sweep_run(tmp_path / "runs", "--executor", "slurm", "--time-limit", "5")
+    assert code == 2 and "--time-limit is for local runs; SLURM jobs take --slurm-time" in out

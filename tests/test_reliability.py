@@ -39,7 +39,7 @@ from mamlpp.engine.model import NetSpec
 from mamlpp.errors import DataError
 from mamlpp.experiments.sweep import build_sweep
 from mamlpp.runs import cli as runs_cli
-from mamlpp.runs import tracking, trainer
+from mamlpp.runs import stops, tracking
 from mamlpp.runs.resolve import resolve_config, run_name
 from mamlpp.runs.tracking import RunDirectory, RunDirectoryError
 from tests.support.deadline import ScriptedDeadline
@@ -380,7 +380,7 @@ def test_the_previous_signal_handlers_are_restored(straight: RunDirectory, tmp_p
 
 
 def _stopped_line(result: Result) -> str:
-    assert result.exit_code == trainer.TIME_LIMIT_EXIT == 75, result.output
+    assert result.exit_code == stops.TIME_LIMIT_EXIT == 75, result.output
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("time limit of 1.0 min reached at epoch ")
     assert line.endswith("; run the same command to resume")

@@ -34,6 +34,7 @@ import click
 
 from mamlpp.errors import MamlppError
 from mamlpp.experiments.slurm import FOLDER_NAME, SlurmOptions, submit_runs
+from mamlpp.runs.stops import TIME_LIMIT_EXIT, Deadline
 
 if TYPE_CHECKING:
     from mamlpp.experiments import Experiment, GridPoint
@@ -244,12 +245,16 @@ class Launch:
     log: Path | None
     returncode: int | None = None
     seconds: float = 0.0
+    started: bool = False
 
 
 class _Runner:
-    """Runs launches on a fixed set of job slots; Ctrl-C terminates the children (they resume)."""
+    """Runs launches on a fixed set of job slots; Ctrl-C terminates the children (they resume).
+    With a `deadline`, each launch gets what is left of it as its `--time-limit`, and none
+    starts once it has passed."""
 
-    def __init__(self, envs: list[dict[str, str]]):
+    def __init__(self, envs: list[dict[str, str]], deadline: Deadline | None = None):
+        self.deadline = deadline
         self.slots: queue.Queue[dict[str, str]] = queue.Queue()
         for env in envs:
             self.slots.put(env)
@@ -264,12 +269,21 @@ class _Runner:
                 f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
             )
             tag = f"[{launch.index}/{launch.total}]"
+            if self.deadline is not None:
+                left = self.deadline.seconds - self.deadline.elapsed()
+                if left <= 0:
+                    click.echo(f"{tag} not started: the time limit has passed ({launch.name})")
+                    return launch
+                launch.argv = [*launch.argv, "--time-limit", f"{left / 60:.4f}"]
             log_note = f", log {launch.log}" if launch.log else ""
             click.echo(f"{tag} start {launch.name}{where}{log_note}")
             start = time.monotonic()
+            launch.started = True
             launch.returncode = self._call(launch, {**os.environ, **env})
             launch.seconds = time.monotonic() - start
-            status = "done" if launch.returncode == 0 else f"FAILED (exit {launch.returncode})"
+            status = {0: "done", TIME_LIMIT_EXIT: "stopped at the time limit"}.get(
+                launch.returncode, f"FAILED (exit {launch.returncode})"
+            )
             click.echo(f"{tag} {status} {launch.name} in {_duration(launch.seconds)}")
             return launch
         finally:
@@ -315,10 +329,13 @@ def run_sweep(
     dry_run: bool,
     slurm: SlurmOptions | None = None,
     seeds_together: bool | None = None,
+    deadline: Deadline | None = None,
 ) -> None:
     """Train the missing and unfinished runs here (``jobs`` at a time), or as SLURM jobs when
     ``slurm`` is given (mamlpp.experiments.slurm). `seeds_together`: launch each preset's
-    seeds as one process (`seed_groups`); None: where GPUs are visible (local runs only)."""
+    seeds as one process (`seed_groups`); None: where GPUs are visible (local runs only).
+    `deadline` (local runs): the launches share it (`_Runner`); SweepStopped when it stopped
+    any."""
     finished, unfinished, missing = [], [], []
     for point in sweep.points:
         path = sweep.run_dir(point)
@@ -376,7 +393,7 @@ def run_sweep(
     joint = f" in {len(groups)} processes (seeds together)" if len(groups) < len(todo) else ""
     click.echo(f"Training {len(todo)} runs{joint}, {n_jobs} at a time on {where}.")
 
-    runner = _Runner(slot_environments(n_jobs, gpus))
+    runner = _Runner(slot_environments(n_jobs, gpus), deadline)
     threads: list[threading.Thread] = []
     work: queue.Queue[Launch] = queue.Queue()
     for launch in launches:
@@ -406,10 +423,14 @@ def run_sweep(
             "interrupted; the unfinished runs resume when you run the same command again"
         ) from None
 
+    stopped = [
+        launch for launch in launches if not launch.started or launch.returncode == TIME_LIMIT_EXIT
+    ]
     failed = [
         launch
         for launch, group in zip(launches, groups, strict=True)
-        if launch.returncode != 0 or not all(is_finished(sweep.run_dir(p)) for p in group)
+        if launch not in stopped
+        and (launch.returncode != 0 or not all(is_finished(sweep.run_dir(p)) for p in group))
     ]
     if failed:
         lines = "; ".join(
@@ -421,6 +442,13 @@ def run_sweep(
             f" did not finish: {lines}. Fix the cause and run "
             "the same command again: finished runs are skipped, unfinished ones resume"
         )
+    if stopped:
+        assert deadline is not None
+        raise SweepStopped(
+            f"time limit of {deadline.seconds / 60:.1f} min reached: {len(stopped)} of "
+            f"{len(launches)} launches stopped at it or not started (every completed epoch is "
+            "saved); run the same command to continue"
+        )
     if held:
         click.echo(
             f"{len(held)} run(s) were left to the other process(es) training them; run the same "
@@ -428,6 +456,10 @@ def run_sweep(
         )
         return
     click.echo(f"All {len(sweep.points)} runs of {sweep.experiment.name} are finished.")
+
+
+class SweepStopped(Exception):  # noqa: N818 (a stop, not a failure)
+    """The sweep's time limit stopped or held back some launches; exit `TIME_LIMIT_EXIT`."""
 
 
 def _submit(sweep: Sweep, todo: list[GridPoint], prefix: list[str], slurm: SlurmOptions) -> None:
@@ -576,6 +608,14 @@ def sweep() -> None:
     help="Train each preset's seeds in one process as one folded step (faster per task on a "
     "GPU), or one process per seed.  [default: together where GPUs are visible]",
 )
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    metavar="MINUTES",
+    help="Local runs: each launch gets what is left of this many minutes as its `mamlpp train "
+    "--time-limit`, none starts after it (exit status 75); the same command continues.",
+)
 def run_command(
     experiment: str,
     scale: str,
@@ -593,6 +633,7 @@ def run_command(
     slurm_time: int,
     slurm_gpus: int,
     seeds_together: bool | None,
+    time_limit: float | None,
 ) -> None:
     """Train every missing or unfinished run of EXPERIMENT (table1, table2, figure2).
 
@@ -606,7 +647,11 @@ def run_command(
       mamlpp sweep run figure2 --scale paper --jobs auto   # one run per visible GPU
       mamlpp sweep run table1 --preset omniglot_5way_1shot_mamlpp --seed 0 --dry-run
       mamlpp sweep run table1 --scale paper --executor slurm --slurm-partition gpu --slurm-time 2880
+      mamlpp sweep run table1 --scale paper --time-limit 9   # a lease of 10 minutes
     """
+    deadline = Deadline(60 * time_limit) if time_limit is not None else None
+    if deadline is not None and executor == "slurm":
+        raise MamlppError("--time-limit is for local runs; SLURM jobs take --slurm-time")
     s = build_sweep(
         experiment,
         scale,
@@ -617,7 +662,11 @@ def run_command(
         _train_options(data_root, device, wandb),
     )
     slurm = SlurmOptions(slurm_partition, slurm_time, slurm_gpus) if executor == "slurm" else None
-    run_sweep(s, jobs, device, dry_run, slurm, seeds_together)
+    try:
+        run_sweep(s, jobs, device, dry_run, slurm, seeds_together, deadline)
+    except SweepStopped as e:
+        click.echo(str(e), err=True)
+        sys.exit(TIME_LIMIT_EXIT)
 
 
 @sweep.command("export")

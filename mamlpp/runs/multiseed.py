@@ -31,6 +31,7 @@ from mamlpp.engine.seeds import SeedStack
 from mamlpp.errors import MamlppError
 from mamlpp.runs.checkpoints import TopK, finish_epoch, restore
 from mamlpp.runs.resolve import check_schedule, train_seed
+from mamlpp.runs.stops import RunStopped, StopRequest, stop_on_signals
 from mamlpp.runs.tracking import RunDirectory, RunDirectoryError, WandbMirror
 from mamlpp.runs.trainer import (
     iteration_row,
@@ -40,16 +41,13 @@ from mamlpp.runs.trainer import (
     NonFiniteLossError,
     Pace,
     RunOptions,
-    RunStopped,
     Sampler,
-    StopRequest,
     default_episodes,
     earlier_epoch_seconds,
     epoch_bar,
     epoch_row,
     open_mirror,
     schedule_line,
-    stop_on_signals,
     summary_line,
     test_run,
     train_run,

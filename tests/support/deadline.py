@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mamlpp.runs.trainer import Deadline
+from mamlpp.runs.stops import Deadline
 
 
 class ScriptedDeadline(Deadline):
