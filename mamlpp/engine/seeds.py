@@ -25,8 +25,11 @@ size (tests/test_seeds.py compares against separate learners in float64).
 
 `state_dict(s)` gives seed s's state in exactly `MetaLearner.state_dict`'s format, and
 `load_state_dicts` takes S of them, so checkpoints, the ensemble and the test code are the
-single-run ones; `learner(s)` is a `MetaLearner` holding seed s's state (for validation and test). On a GPU the
-joint step replays as a CUDA graph like a single run's (`GraphedSeedStep`, `training_step`).
+single-run ones; `learner(s)` is a `MetaLearner` holding seed s's state (for checkpoints and
+test). `evaluate_shared` evaluates every seed on the same tasks as one folded pass (multi-seed
+validation on CUDA: `folds_evaluation`).
+On a GPU the joint step replays as a CUDA graph like a single run's (`GraphedSeedStep`,
+`training_step`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from mamlpp.engine.learner import (
     choose_engine,
     clip_gradients,
     initial_state,
+    joined_results,
     meta_optimizer,
     meta_parameter_dict,
     step_plan,
@@ -321,6 +325,20 @@ class SeedStack:
             for part in (slice(s * per_seed, (s + 1) * per_seed) for s in range(self.seeds))
         ]
 
+    def evaluate_shared(self, batch: TaskBatch, max_tasks: int | None = None) -> list[EvalResult]:
+        """Every seed evaluated on the same tasks: `evaluate([batch] * seeds)`, one
+        `EvalResult` per seed. The batch's tasks are split into parts so that one folded pass
+        holds at most max(`max_tasks`, seeds) tasks (seeds x part); by default `max_tasks` is
+        `evaluation_pass_tasks`."""
+        if max_tasks is None:
+            max_tasks = evaluation_pass_tasks(self.config, batch.num_tasks)
+        part = max(1, max_tasks // self.seeds)
+        passes = [
+            self.evaluate([batch.tasks(slice(a, a + part))] * self.seeds)
+            for a in range(0, batch.num_tasks, part)
+        ]
+        return [joined_results([p[s] for p in passes]) for s in range(self.seeds)]
+
     # ------------------------------------------------------------------ persistence
     def state_dict(self, seed: int) -> dict[str, Any]:
         """Seed `seed`'s state, exactly as `MetaLearner.state_dict` writes it."""
@@ -410,6 +428,27 @@ class GraphedSeedStep(GraphedTrainStep):
             )
             for s in range(seeds)
         ]
+
+
+def folds_evaluation(config: Config, device: str | torch.device) -> bool:
+    """Whether several parameter sets (seeds, ensemble members) evaluated on the same tasks run
+    as folded passes (`SeedStack.evaluate_shared`) rather than one `MetaLearner.evaluate` per
+    set: on CUDA, where an evaluation chunk of a few tasks is bound by kernel launches and
+    latency, so that S sets folded into each kernel cost little more than one (as for training,
+    module docstring). Not on the CPU: there the per-set path runs its tasks in groups on
+    threads (`task_threads`), which the folded pass does not, and folding changes the results'
+    rounding (README's CPU numbers are the per-set path's). Only the folded engine folds."""
+    return torch.device(device).type == "cuda" and choose_engine(config) == "folded"
+
+
+def evaluation_pass_tasks(config: Config, chunk_tasks: int) -> int:
+    """The most tasks one folded evaluation pass holds (`SeedStack.evaluate_shared`):
+    max(chunk_tasks, outer.meta_batch_size x inner.steps). An evaluation step is first order,
+    so a pass keeps one step's activations of its tasks at a time, while the training step
+    (second order) keeps those of all `inner.steps` steps of its meta-batch: a folded pass
+    within this bound needs no more memory than training one seed, and never less than the
+    per-set path's pass of `chunk_tasks` tasks."""
+    return max(chunk_tasks, config.outer.meta_batch_size * config.inner.steps)
 
 
 def training_step(stack: SeedStack) -> Callable[[TaskBatch, int], list[StepResult]]:
