@@ -115,6 +115,7 @@ class MetaLearner:
         self.dtype = dtype
         self.spec = model.NetSpec.from_config(config)
         self.engine = choose_engine(config)
+        self.kernel_options = kernel_options
         self.kernels = kernels.choose(self.device, self.spec, kernel_options)
         self.task_threads = kernel_options.task_threads
         self.params, self.rates, self.running = initial_state(config, self.device, dtype)

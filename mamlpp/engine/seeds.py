@@ -26,8 +26,9 @@ size (tests/test_seeds.py compares against separate learners in float64).
 `state_dict(s)` gives seed s's state in exactly `MetaLearner.state_dict`'s format, and
 `load_state_dicts` takes S of them, so checkpoints, the ensemble and the test code are the
 single-run ones; `learner(s)` is a `MetaLearner` holding seed s's state (for checkpoints and
-test). `evaluate_shared` evaluates every seed on the same tasks as one folded pass (multi-seed
-validation on CUDA: `folds_evaluation`).
+test). `evaluate_shared` evaluates every seed on the same tasks as one folded pass: on CUDA
+(`folds_evaluation`) multi-seed validation and, over a stack of checkpoints (`of_learners`),
+the ensemble test.
 On a GPU the joint step replays as a CUDA graph like a single run's (`GraphedSeedStep`,
 `training_step`).
 """
@@ -358,10 +359,30 @@ class SeedStack:
             "config": self.configs[seed].to_dict(),
         }
 
+    @classmethod
+    def of_learners(cls, learners: Sequence[MetaLearner]) -> SeedStack:
+        """A stack holding the learners' meta-parameters and running statistics, one seed per
+        learner, on the first one's device, dtype and kernel options: to evaluate them folded
+        (`evaluate_shared`; the ensemble's members: one config, checkpoints of different
+        epochs). Their optimizers are not loaded (they may be at different steps), so the
+        stack is for evaluation, not for training on."""
+        first = learners[0]
+        stack = cls(
+            [learner.config for learner in learners], first.device, first.dtype, first.kernel_options
+        )
+        states = [
+            {"meta_parameters": learner.meta_parameters(), "running_stats": learner.running}
+            for learner in learners
+        ]
+        stack.load_state_dicts(states, optimizer=False)
+        return stack
+
     @torch.no_grad()
-    def load_state_dicts(self, states: Sequence[Mapping[str, Any]]) -> None:
+    def load_state_dicts(self, states: Sequence[Mapping[str, Any]], optimizer: bool = True) -> None:
         """Load one `MetaLearner.state_dict` per seed. ValueError if they do not match this
-        config or their optimizers are at different steps (such runs train apart)."""
+        config or, with `optimizer`, their optimizers are at different steps (such runs train
+        apart). Without `optimizer` only the meta-parameters and running statistics are loaded
+        (what evaluation reads) and the optimizer is left as it is."""
         if len(states) != self.seeds:
             raise ValueError(f"need one state per seed ({self.seeds}), got {len(states)}")
         meta = self.meta_parameters()
@@ -371,27 +392,13 @@ class SeedStack:
                 raise ValueError(
                     f"checkpoint does not match this config: parameters {sorted(missing)}"
                 )
-        optimizers = [s["optimizer"] for s in states]
-        stacked: dict[Any, dict[str, Any]] = {}
-        if len({frozenset(o["state"]) for o in optimizers}) != 1:
-            raise ValueError("the seeds' optimizers are at different steps")
-        for i, entry in optimizers[0]["state"].items():
-            stacked[i] = {}
-            for k, v in entry.items():
-                values = [o["state"][i][k] for o in optimizers]
-                if isinstance(v, Tensor) and v.dim() > 0:
-                    stacked[i][k] = torch.stack([x.to(v.device) for x in values])
-                elif any(not _same(x, v) for x in values):
-                    raise ValueError("the seeds' optimizers are at different steps")
-                else:
-                    stacked[i][k] = v
+        adam = _stacked_adam([s["optimizer"] for s in states]) if optimizer else None
         for k, p in meta.items():
             p.copy_(torch.stack([s["meta_parameters"][k] for s in states]))
         for k, r in self.running.items():
             r.copy_(torch.stack([s["running_stats"][k] for s in states]))
-        self.optimizer.load_state_dict(
-            {"state": stacked, "param_groups": copy.deepcopy(optimizers[0]["param_groups"])}
-        )
+        if adam is not None:
+            self.optimizer.load_state_dict(adam)
 
     def learner(self, seed: int) -> MetaLearner:
         """A `MetaLearner` holding seed `seed`'s current state (a copy: training it does not
@@ -436,8 +443,10 @@ def folds_evaluation(config: Config, device: str | torch.device) -> bool:
     set: on CUDA, where an evaluation chunk of a few tasks is bound by kernel launches and
     latency, so that S sets folded into each kernel cost little more than one (as for training,
     module docstring). Not on the CPU: there the per-set path runs its tasks in groups on
-    threads (`task_threads`), which the folded pass does not, and folding changes the results'
-    rounding (README's CPU numbers are the per-set path's). Only the folded engine folds."""
+    threads (`task_threads`), which the folded pass does not (it measured slower on the 2-core
+    CPU: 5 ensemble members on chunks of 8 Omniglot 1-shot tasks, 5- and 20-way), and folding
+    changes the results' rounding (README's CPU numbers are the per-set path's). Only the
+    folded engine folds."""
     return torch.device(device).type == "cuda" and choose_engine(config) == "folded"
 
 
@@ -468,6 +477,25 @@ def seed_gradient_rows(meta: Mapping[str, Tensor], names: Sequence[str]) -> Tens
         g = meta[k].grad.detach().abs().flatten(1)  # type: ignore[union-attr]
         rows.append(torch.stack([g.amax(1), g.amin(1), g.mean(1), g.norm(dim=1)], 1))
     return torch.stack(rows, 1)
+
+
+def _stacked_adam(optimizers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One Adam state dict per seed -> the stack's (moments stacked per seed); ValueError
+    unless they are at the same step."""
+    stacked: dict[Any, dict[str, Any]] = {}
+    if len({frozenset(o["state"]) for o in optimizers}) != 1:
+        raise ValueError("the seeds' optimizers are at different steps")
+    for i, entry in optimizers[0]["state"].items():
+        stacked[i] = {}
+        for k, v in entry.items():
+            values = [o["state"][i][k] for o in optimizers]
+            if isinstance(v, Tensor) and v.dim() > 0:
+                stacked[i][k] = torch.stack([x.to(v.device) for x in values])
+            elif any(not _same(x, v) for x in values):
+                raise ValueError("the seeds' optimizers are at different steps")
+            else:
+                stacked[i][k] = v
+    return {"state": stacked, "param_groups": copy.deepcopy(optimizers[0]["param_groups"])}
 
 
 def _seed_slice(value: Any, seed: int) -> Any:
