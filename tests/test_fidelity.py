@@ -166,7 +166,7 @@ def test_ensemble_of_probabilities_or_logits_against_a_hand_computation() -> Non
     def members(choice: str) -> list[Any]:
         c = synthetic_config()
         c = replace(c, schedule=replace(c.schedule, ensemble=choice))
-        return [SimpleNamespace(config=c, evaluate=lambda b, z=z: SimpleNamespace(
+        return [SimpleNamespace(config=c, device="cpu", evaluate=lambda b, z=z: SimpleNamespace(
             logits=z, probs=torch.softmax(z, -1))) for z in logits]  # fmt: skip
 
     probs = ensemble.ensemble_accuracies(members("probabilities"), sampler, [range(1)])

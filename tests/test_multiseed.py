@@ -219,3 +219,38 @@ def test_seeds_together_stop_at_the_time_limit_and_resume_to_the_same_runs(
     assert resumed.exit_code == 0, resumed.output
     for seed in (0, 1):
         assert _outputs(_run_dir(runs, seed)) == _outputs(_run_dir(full, seed))
+
+
+def test_folded_validation_equals_validating_each_seed() -> None:
+    """float64: `validate_seeds` folded (one pass per chunk over three seeds, on the CPU here)
+    gives each seed what `validate` gives its learner, to rounding (1e-12); chunks of 2, 2 and
+    1 tasks, passes split further by a small `max_tasks`. The seeds' results differ, so a
+    seed mix-up fails."""
+    from dataclasses import replace
+
+    import torch
+
+    from mamlpp.data import make_episodes
+    from mamlpp.engine.seeds import SeedStack
+    from mamlpp.runs.trainer import validate, validate_seeds
+    from tests.test_seeds import random_batch, tiny
+
+    base = tiny()
+    base = replace(base, schedule=replace(base.schedule, val_tasks=5, eval_batch_size=2))
+    configs = [replace(base, seed=s) for s in range(3)]
+    stack = SeedStack(configs, dtype=torch.float64)
+    for step in range(2):
+        stack.train_step([random_batch(base, 2, 10 * step + s) for s in range(3)], step)
+    val = make_episodes(base, "val")
+    apart = [validate(stack.learner(s), val, base) for s in range(3)]
+    assert len(set(apart)) == 3
+    assert validate_seeds(stack, val, base, fold=False) == apart  # the CPU's path: unchanged
+    folded = validate_seeds(stack, val, base, fold=True)
+    assert validate_seeds(stack, val, base) == apart  # the CPU does not fold by default
+    original = stack.evaluate_shared
+    stack.evaluate_shared = lambda batch: original(batch, max_tasks=3)  # type: ignore[method-assign]
+    split = validate_seeds(stack, val, base, fold=True)
+    for results in (folded, split):
+        assert len(results) == 3
+        for (loss, acc), (ref_loss, ref_acc) in zip(results, apart, strict=True):
+            assert abs(loss - ref_loss) < 1e-12 and abs(acc - ref_acc) < 1e-12

@@ -172,3 +172,26 @@ def test_graphed_seed_step_logic_equals_train_step_without_recording() -> None:
     for s in range(3):
         close(graphed.state_dict(s)["meta_parameters"], eager.state_dict(s)["meta_parameters"], "params")
         close(graphed.state_dict(s)["running_stats"], eager.state_dict(s)["running_stats"], "running")
+
+
+def test_evaluate_shared_gives_every_seed_the_same_tasks_in_bounded_passes() -> None:
+    """`evaluate_shared(batch)` is `evaluate([batch] * S)` whatever the passes' split (3 tasks
+    over 3 seeds: the default bound 4 gives parts of 1 task, max_tasks 6 parts of 2, 9 one
+    pass); the default bound and the device rule."""
+    from mamlpp.engine.seeds import evaluation_pass_tasks, folds_evaluation
+
+    configs = [replace(tiny(), seed=s) for s in range(3)]
+    stack = SeedStack(configs, dtype=torch.float64)
+    stack.train_step([random_batch(configs[0], 2, s) for s in range(3)], 0)
+    batch = random_batch(configs[0], 3, 7)
+    whole = stack.evaluate([batch] * 3)
+    for max_tasks in (None, 6, 9):
+        result = stack.evaluate_shared(batch, max_tasks)
+        assert len(result) == 3
+        for s in range(3):
+            close(vars(result[s]), vars(whole[s]), f"seed {s}")
+    assert not torch.equal(whole[0].logits, whole[1].logits)
+    c = configs[0]  # meta-batch 2, 2 steps
+    assert evaluation_pass_tasks(c, 3) == 4 and evaluation_pass_tasks(c, 600) == 600
+    assert folds_evaluation(c, "cuda") and folds_evaluation(c, torch.device("cuda", 0))
+    assert not folds_evaluation(c, "cpu") and not folds_evaluation(replace(c, engine="loop"), "cuda")

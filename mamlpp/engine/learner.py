@@ -115,6 +115,7 @@ class MetaLearner:
         self.dtype = dtype
         self.spec = model.NetSpec.from_config(config)
         self.engine = choose_engine(config)
+        self.kernel_options = kernel_options
         self.kernels = kernels.choose(self.device, self.spec, kernel_options, config.tf32_matmul)
         self.task_threads = kernel_options.task_threads
         self.params, self.rates, self.running = initial_state(config, self.device, dtype)
@@ -351,9 +352,7 @@ class MetaLearner:
         batch = batch.to(self.device, self.dtype)
         groups = self._task_groups(batch)
         parts = task_threads.map_on_threads(lambda g: self._evaluate(batch.tasks(g)), groups)
-        if len(parts) == 1:
-            return parts[0]
-        return EvalResult(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(EvalResult)))
+        return joined_results(parts)
 
     def _evaluate(self, batch: TaskBatch) -> EvalResult:
         tasks = batch.num_tasks
@@ -399,6 +398,14 @@ class MetaLearner:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def joined_results(parts: Sequence[EvalResult]) -> EvalResult:
+    """The results of consecutive parts of a batch's tasks as one (the first part alone if only
+    one)."""
+    if len(parts) == 1:
+        return parts[0]
+    return EvalResult(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(EvalResult)))
 
 
 def initial_state(

@@ -25,8 +25,12 @@ size (tests/test_seeds.py compares against separate learners in float64).
 
 `state_dict(s)` gives seed s's state in exactly `MetaLearner.state_dict`'s format, and
 `load_state_dicts` takes S of them, so checkpoints, the ensemble and the test code are the
-single-run ones; `learner(s)` is a `MetaLearner` holding seed s's state (for validation and test). On a GPU the
-joint step replays as a CUDA graph like a single run's (`GraphedSeedStep`, `training_step`).
+single-run ones; `learner(s)` is a `MetaLearner` holding seed s's state (for checkpoints and
+test). `evaluate_shared` evaluates every seed on the same tasks as one folded pass: on CUDA
+(`folds_evaluation`) multi-seed validation and, over a stack of checkpoints (`of_learners`),
+the ensemble test.
+On a GPU the joint step replays as a CUDA graph like a single run's (`GraphedSeedStep`,
+`training_step`).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from mamlpp.engine.learner import (
     choose_engine,
     clip_gradients,
     initial_state,
+    joined_results,
     meta_optimizer,
     meta_parameter_dict,
     step_plan,
@@ -331,6 +336,20 @@ class SeedStack:
             for part in (slice(s * per_seed, (s + 1) * per_seed) for s in range(self.seeds))
         ]
 
+    def evaluate_shared(self, batch: TaskBatch, max_tasks: int | None = None) -> list[EvalResult]:
+        """Every seed evaluated on the same tasks: `evaluate([batch] * seeds)`, one
+        `EvalResult` per seed. The batch's tasks are split into parts so that one folded pass
+        holds at most max(`max_tasks`, seeds) tasks (seeds x part); by default `max_tasks` is
+        `evaluation_pass_tasks`."""
+        if max_tasks is None:
+            max_tasks = evaluation_pass_tasks(self.config, batch.num_tasks)
+        part = max(1, max_tasks // self.seeds)
+        passes = [
+            self.evaluate([batch.tasks(slice(a, a + part))] * self.seeds)
+            for a in range(0, batch.num_tasks, part)
+        ]
+        return [joined_results([p[s] for p in passes]) for s in range(self.seeds)]
+
     # ------------------------------------------------------------------ persistence
     def state_dict(self, seed: int) -> dict[str, Any]:
         """Seed `seed`'s state, exactly as `MetaLearner.state_dict` writes it."""
@@ -350,10 +369,30 @@ class SeedStack:
             "config": self.configs[seed].to_dict(),
         }
 
+    @classmethod
+    def of_learners(cls, learners: Sequence[MetaLearner]) -> SeedStack:
+        """A stack holding the learners' meta-parameters and running statistics, one seed per
+        learner, on the first one's device, dtype and kernel options: to evaluate them folded
+        (`evaluate_shared`; the ensemble's members: one config, checkpoints of different
+        epochs). Their optimizers are not loaded (they may be at different steps), so the
+        stack is for evaluation, not for training on."""
+        first = learners[0]
+        stack = cls(
+            [learner.config for learner in learners], first.device, first.dtype, first.kernel_options
+        )
+        states = [
+            {"meta_parameters": learner.meta_parameters(), "running_stats": learner.running}
+            for learner in learners
+        ]
+        stack.load_state_dicts(states, optimizer=False)
+        return stack
+
     @torch.no_grad()
-    def load_state_dicts(self, states: Sequence[Mapping[str, Any]]) -> None:
+    def load_state_dicts(self, states: Sequence[Mapping[str, Any]], optimizer: bool = True) -> None:
         """Load one `MetaLearner.state_dict` per seed. ValueError if they do not match this
-        config or their optimizers are at different steps (such runs train apart)."""
+        config or, with `optimizer`, their optimizers are at different steps (such runs train
+        apart). Without `optimizer` only the meta-parameters and running statistics are loaded
+        (what evaluation reads) and the optimizer is left as it is."""
         if len(states) != self.seeds:
             raise ValueError(f"need one state per seed ({self.seeds}), got {len(states)}")
         meta = self.meta_parameters()
@@ -363,27 +402,13 @@ class SeedStack:
                 raise ValueError(
                     f"checkpoint does not match this config: parameters {sorted(missing)}"
                 )
-        optimizers = [s["optimizer"] for s in states]
-        stacked: dict[Any, dict[str, Any]] = {}
-        if len({frozenset(o["state"]) for o in optimizers}) != 1:
-            raise ValueError("the seeds' optimizers are at different steps")
-        for i, entry in optimizers[0]["state"].items():
-            stacked[i] = {}
-            for k, v in entry.items():
-                values = [o["state"][i][k] for o in optimizers]
-                if isinstance(v, Tensor) and v.dim() > 0:
-                    stacked[i][k] = torch.stack([x.to(v.device) for x in values])
-                elif any(not _same(x, v) for x in values):
-                    raise ValueError("the seeds' optimizers are at different steps")
-                else:
-                    stacked[i][k] = v
+        adam = _stacked_adam([s["optimizer"] for s in states]) if optimizer else None
         for k, p in meta.items():
             p.copy_(torch.stack([s["meta_parameters"][k] for s in states]))
         for k, r in self.running.items():
             r.copy_(torch.stack([s["running_stats"][k] for s in states]))
-        self.optimizer.load_state_dict(
-            {"state": stacked, "param_groups": copy.deepcopy(optimizers[0]["param_groups"])}
-        )
+        if adam is not None:
+            self.optimizer.load_state_dict(adam)
 
     def learner(self, seed: int) -> MetaLearner:
         """A `MetaLearner` holding seed `seed`'s current state (a copy: training it does not
@@ -422,6 +447,29 @@ class GraphedSeedStep(GraphedTrainStep):
         ]
 
 
+def folds_evaluation(config: Config, device: str | torch.device) -> bool:
+    """Whether several parameter sets (seeds, ensemble members) evaluated on the same tasks run
+    as folded passes (`SeedStack.evaluate_shared`) rather than one `MetaLearner.evaluate` per
+    set: on CUDA, where an evaluation chunk of a few tasks is bound by kernel launches and
+    latency, so that S sets folded into each kernel cost little more than one (as for training,
+    module docstring). Not on the CPU: there the per-set path runs its tasks in groups on
+    threads (`task_threads`), which the folded pass does not (it measured slower on the 2-core
+    CPU: 5 ensemble members on chunks of 8 Omniglot 1-shot tasks, 5- and 20-way), and folding
+    changes the results' rounding (README's CPU numbers are the per-set path's). Only the
+    folded engine folds."""
+    return torch.device(device).type == "cuda" and choose_engine(config) == "folded"
+
+
+def evaluation_pass_tasks(config: Config, chunk_tasks: int) -> int:
+    """The most tasks one folded evaluation pass holds (`SeedStack.evaluate_shared`):
+    max(chunk_tasks, outer.meta_batch_size x inner.steps). An evaluation step is first order,
+    so a pass keeps one step's activations of its tasks at a time, while the training step
+    (second order) keeps those of all `inner.steps` steps of its meta-batch: a folded pass
+    within this bound needs no more memory than training one seed, and never less than the
+    per-set path's pass of `chunk_tasks` tasks."""
+    return max(chunk_tasks, config.outer.meta_batch_size * config.inner.steps)
+
+
 def training_step(stack: SeedStack) -> Callable[[TaskBatch, int], list[StepResult]]:
     """The joint outer update the trainer calls: `GraphedSeedStep` where CUDA graphs apply
     (`cuda_graph.applies`; build the stack with capturable=True, after restoring it), else the
@@ -439,6 +487,25 @@ def seed_gradient_rows(meta: Mapping[str, Tensor], names: Sequence[str]) -> Tens
         g = meta[k].grad.detach().abs().flatten(1)  # type: ignore[union-attr]
         rows.append(torch.stack([g.amax(1), g.amin(1), g.mean(1), g.norm(dim=1)], 1))
     return torch.stack(rows, 1)
+
+
+def _stacked_adam(optimizers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One Adam state dict per seed -> the stack's (moments stacked per seed); ValueError
+    unless they are at the same step."""
+    stacked: dict[Any, dict[str, Any]] = {}
+    if len({frozenset(o["state"]) for o in optimizers}) != 1:
+        raise ValueError("the seeds' optimizers are at different steps")
+    for i, entry in optimizers[0]["state"].items():
+        stacked[i] = {}
+        for k, v in entry.items():
+            values = [o["state"][i][k] for o in optimizers]
+            if isinstance(v, Tensor) and v.dim() > 0:
+                stacked[i][k] = torch.stack([x.to(v.device) for x in values])
+            elif any(not _same(x, v) for x in values):
+                raise ValueError("the seeds' optimizers are at different steps")
+            else:
+                stacked[i][k] = v
+    return {"state": stacked, "param_groups": copy.deepcopy(optimizers[0]["param_groups"])}
 
 
 def _seed_slice(value: Any, seed: int) -> Any:

@@ -3,6 +3,9 @@ to every test task (first-order steps, as at validation); their class probabilit
 (`schedule.ensemble='probabilities'`), or their raw logits (`'logits'`, as the authors' code does:
 experiment_builder.py:282 at 86964701, docs/fidelity.md row 4), and the ensemble's per-task
 accuracy is reported as mean, std and 95% confidence interval over the test tasks.
+
+On CUDA the members score each chunk of test tasks together, as one folded pass of a
+`SeedStack` holding them (`seeds.folds_evaluation`); elsewhere one after the other.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 import torch
 
 from mamlpp.config import Config
-from mamlpp.engine.learner import MetaLearner
+from mamlpp.engine.learner import EvalResult, MetaLearner
+from mamlpp.engine.seeds import SeedStack, folds_evaluation
 from mamlpp.errors import MamlppError
 from mamlpp.runs.checkpoints import load_checkpoint, load_learner_state
 from mamlpp.runs.tracking import CorruptFileError
@@ -25,7 +29,7 @@ ENSEMBLE = {"probabilities": "mean of class probabilities", "logits": "mean of r
 
 
 def load_learners(
-    config: Config, paths: Sequence[Path], device: str
+    config: Config, paths: Sequence[Path], device: str, dtype: torch.dtype = torch.float32
 ) -> tuple[list[MetaLearner], dict[Path, str]]:
     """One MetaLearner per checkpoint file that passes its checksum; returns them and, for each
     file that does not (missing, unreadable, damaged), the reason it was left out. No valid
@@ -39,7 +43,7 @@ def load_learners(
         except CorruptFileError as e:
             skipped[path] = str(e)
             continue
-        learner = MetaLearner(config, device=device)
+        learner = MetaLearner(config, device=device, dtype=dtype)
         load_learner_state(learner, state, path)
         learners.append(learner)
     if not learners:
@@ -53,17 +57,26 @@ def load_learners(
 
 def ensemble_accuracies(
     learners: Sequence[MetaLearner], sampler: Any, chunks: Sequence[range],
-    between: Callable[[], None] = lambda: None,
+    between: Callable[[], None] = lambda: None, fold: bool | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """[tasks] accuracy of the ensemble's vote, task by task: the argmax of the members' mean
     class probabilities or mean logits (`schedule.ensemble` of the first member's config);
-    `between` is called before each chunk (a stop request raises there)."""
-    field = "logits" if learners[0].config.schedule.ensemble == "logits" else "probs"
+    `between` is called before each chunk (a stop request raises there). `fold`: the members
+    score each chunk as one folded pass (a `SeedStack` of them, `SeedStack.evaluate_shared`)
+    instead of one after the other; None chooses by their device (`seeds.folds_evaluation`).
+    tests/test_ensemble.py compares the two."""
+    first = learners[0]
+    field = "logits" if first.config.schedule.ensemble == "logits" else "probs"
+    evaluate: Callable[[Any], Sequence[EvalResult]]
+    if folds_evaluation(first.config, first.device) if fold is None else fold:
+        evaluate = SeedStack.of_learners(learners).evaluate_shared
+    else:
+        evaluate = lambda batch: [learner.evaluate(batch) for learner in learners]  # noqa: E731
     out = []
     for chunk in chunks:
         between()
         batch = sampler.batch(chunk)
-        scores = [getattr(learner.evaluate(batch), field).double() for learner in learners]
+        scores = [getattr(result, field).double() for result in evaluate(batch)]
         vote = vote_of(scores)
         correct = vote.argmax(-1) == batch.target_y.to(vote.device)
         out.append(correct.double().mean(-1))

@@ -3,14 +3,17 @@
 
 Each seed is still its own run: its own run directory (the name `mamlpp train --seed S` would
 give it), lock, config.json, metrics.jsonl, checkpoints, test.json and W&B mirror, written by
-the single-run code (`trainer.validate`, `trainer.epoch_row`, `checkpoints.finish_epoch`,
-`trainer.test_run`) on a `MetaLearner` holding the seed's state (`SeedStack.learner`). Only the
-outer updates are shared: iteration t folds every seed's meta-batch t (each from its own train
-seed) into one step. Validation and the test run per seed as in a separate run.
+the single-run code (`trainer.epoch_row`, `checkpoints.finish_epoch`, `trainer.test_run`) on a
+`MetaLearner` holding the seed's state (`SeedStack.learner`). The outer updates are shared:
+iteration t folds every seed's meta-batch t (each from its own train seed) into one step.
+Validation (the same tasks for every seed) is `trainer.validate_seeds`: on CUDA one folded pass
+per chunk over all seeds, elsewhere `trainer.validate` per seed as in a separate run
+(`seeds.folds_evaluation`). The test runs per seed as in a separate run.
 
-What differs from separate runs: summation order in the shared step (tests/test_seeds.py,
-tests/test_multiseed.py) and the time columns (the training time of an epoch is the time of
-the joint step, `time/iters_per_s` counts joint iterations). Resume: every seed from its own
+What differs from separate runs: summation order in the shared step and, on CUDA, in the folded
+validation (tests/test_seeds.py, tests/test_multiseed.py), and the time columns (the training
+time of an epoch is the time of the joint step, `time/iters_per_s` counts joint iterations;
+`time/epoch_s` includes the validation of all seeds). Resume: every seed from its own
 latest.pt; seeds stopped at different epochs are refused with a note to run them separately.
 """
 
@@ -51,7 +54,7 @@ from mamlpp.runs.trainer import (
     summary_line,
     test_run,
     train_run,
-    validate,
+    validate_seeds,
 )
 
 
@@ -171,9 +174,10 @@ def _train_together(
                 )
                 train_seconds = time.perf_counter() - start
                 rows: list[tuple[dict[str, Any], bool, MetaLearner]] = []
+                val_results = validate_seeds(stack, val, config)
                 for s, run_dir in enumerate(run_dirs):
                     learner = stack.learner(s)
-                    val_result = validate(learner, val, config)
+                    val_result = val_results[s]
                     row = epoch_row(
                         epoch, learner, means[s], val_result, time.perf_counter() - start,
                         train_seconds, len(iterations[s]),

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from mamlpp.config import Config, ConfigError
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine import cuda_graph
-from mamlpp.engine.learner import MetaLearner, StepResult
+from mamlpp.engine.learner import EvalResult, MetaLearner, StepResult
+from mamlpp.engine.seeds import SeedStack, folds_evaluation
 from mamlpp.errors import MamlppError
 from mamlpp.kernels import DEFAULT as DEFAULT_KERNELS
 from mamlpp.kernels import KernelOptions
@@ -141,12 +142,36 @@ def evaluation_chunks(config: Config, num_tasks: int) -> list[range]:
 
 def validate(learner: MetaLearner, sampler: Sampler, config: Config) -> tuple[float, float]:
     """Mean target loss and accuracy over the same `val_tasks` tasks every epoch."""
-    losses, accs = [], []
+    return _validation_means(lambda batch: [learner.evaluate(batch)], sampler, config)[0]
+
+
+def validate_seeds(
+    stack: SeedStack, sampler: Sampler, config: Config, fold: bool | None = None
+) -> list[tuple[float, float]]:
+    """`validate` of every seed of `stack`, in seed order. Folded (`fold`; None: by device,
+    `seeds.folds_evaluation`): one folded pass per chunk, the chunk given to every seed
+    (`SeedStack.evaluate_shared`); else `validate` of each seed's `stack.learner(s)`.
+    tests/test_multiseed.py compares the two."""
+    if not (folds_evaluation(config, stack.device) if fold is None else fold):
+        return [validate(stack.learner(s), sampler, config) for s in range(stack.seeds)]
+    return _validation_means(stack.evaluate_shared, sampler, config)
+
+
+def _validation_means(
+    evaluate: Callable[[TaskBatch], Sequence[EvalResult]], sampler: Sampler, config: Config
+) -> list[tuple[float, float]]:
+    """Per parameter set, the mean target loss and accuracy over the `val_tasks` tasks, which
+    `evaluate` scores chunk by chunk (`evaluation_chunks`), one result per set."""
+    losses: list[list[torch.Tensor]] = []
+    accs: list[list[torch.Tensor]] = []
     for chunk in evaluation_chunks(config, config.schedule.val_tasks):
-        result = learner.evaluate(sampler.batch(chunk))
-        losses.append(result.loss.double())
-        accs.append(result.accuracy.double())
-    return float(torch.cat(losses).mean()), float(torch.cat(accs).mean())
+        results = evaluate(sampler.batch(chunk))
+        losses.append([r.loss.double() for r in results])
+        accs.append([r.accuracy.double() for r in results])
+    return [
+        (float(torch.cat(loss).mean()), float(torch.cat(acc).mean()))
+        for loss, acc in zip(zip(*losses, strict=True), zip(*accs, strict=True), strict=True)
+    ]
 
 
 def epoch_row(
