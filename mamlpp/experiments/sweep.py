@@ -34,7 +34,7 @@ import click
 
 from mamlpp.errors import MamlppError
 from mamlpp.experiments.slurm import FOLDER_NAME, SlurmOptions, submit_runs
-from mamlpp.runs.stops import TIME_LIMIT_EXIT, Deadline
+from mamlpp.runs.stops import TIME_LIMIT_EXIT, Deadline, time_limit_option
 
 if TYPE_CHECKING:
     from mamlpp.experiments import Experiment, GridPoint
@@ -608,13 +608,9 @@ def sweep() -> None:
     help="Train each preset's seeds in one process as one folded step (faster per task on a "
     "GPU), or one process per seed.  [default: together where GPUs are visible]",
 )
-@click.option(
-    "--time-limit",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=None,
-    metavar="MINUTES",
-    help="Local runs: each launch gets what is left of this many minutes as its `mamlpp train "
-    "--time-limit`, none starts after it (exit status 75); the same command continues.",
+@time_limit_option(
+    "Local runs: each launch gets what is left of this many minutes as its `mamlpp train "
+    "--time-limit`, none starts after it (exit status 75); the same command continues."
 )
 def run_command(
     experiment: str,

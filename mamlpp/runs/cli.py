@@ -11,7 +11,7 @@ import click
 from mamlpp.errors import MamlppError
 from mamlpp.runs.resolve import resolve_config, resolve_device, run_name, start_run_directory
 from mamlpp.runs.tracking import RunDirectory, resolve_wandb_mode
-from mamlpp.runs.stops import Deadline, RunStopped
+from mamlpp.runs.stops import Deadline, RunStopped, time_limit_option
 from mamlpp.runs.trainer import RunOptions, test_existing_run, train_run
 
 _DATA_ROOT = click.option(
@@ -79,14 +79,10 @@ def format_result(result: dict[str, float]) -> str:
 )
 @_DEVICE
 @click.option("--no-progress", is_flag=True, help="No progress bar (epoch summaries stay).")
-@click.option(
-    "--time-limit",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=None,
-    metavar="MINUTES",
-    help="Stop cleanly before an epoch (or the test) that would end after this many minutes "
+@time_limit_option(
+    "Stop cleanly before an epoch (or the test) that would end after this many minutes "
     "of this command (exit status 75); the same command resumes. Prints how long the rest "
-    "and the whole run take at the measured pace.",
+    "and the whole run take at the measured pace."
 )
 def train(
     preset: str,

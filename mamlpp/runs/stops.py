@@ -9,11 +9,16 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TIME_LIMIT_EXIT", "Deadline", "RunStopped", "StopRequest", "minutes", "stop_on_signals"]
+import click
+
+__all__ = [
+    "TIME_LIMIT_EXIT", "Deadline", "RunStopped", "StopRequest", "minutes", "stop_on_signals",
+    "time_limit_option",
+]  # fmt: skip
 
 TIME_LIMIT_EXIT = 75
 """Exit status of a run stopped by its time limit: EX_TEMPFAIL of sysexits.h, "try again"."""
@@ -139,3 +144,14 @@ def stop_on_signals(enabled: bool, deadline: Deadline | None = None) -> Iterator
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def time_limit_option(help: str) -> Callable[[Any], Any]:
+    """The `--time-limit MINUTES` click option (a positive number of minutes, or None)."""
+    return click.option(
+        "--time-limit",
+        type=click.FloatRange(min=0.0, min_open=True),
+        default=None,
+        metavar="MINUTES",
+        help=help,
+    )
