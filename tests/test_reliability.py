@@ -413,6 +413,22 @@ def test_the_time_limit_stops_at_an_epoch_boundary_and_the_rerun_is_exact(
     assert_same_run(run, straight)
 
 
+def test_a_time_limit_passing_inside_the_first_epoch_projects_from_its_iterations(
+    straight: RunDirectory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs_cli, "Deadline", ScriptedDeadline)
+    monkeypatch.setattr(ScriptedDeadline, "EXPIRES_AFTER", 2)  # iterations 0 and 1 run
+    runs = tmp_path / "runs"
+    line = _stopped_line(cli(*_train_args(runs, "--time-limit", "1")))
+    assert " at epoch 0/4, in epoch 1 at iteration 2/3 (abandoned) (every completed epoch is saved)" in line
+    assert line.endswith(" (training alone: validation and the test are not timed yet); run the same command to resume")
+    run = _only_run(runs)
+    assert run.read_metrics() == []
+    rerun = cli(*_train_args(runs))
+    assert rerun.exit_code == 0, rerun.output
+    assert_same_run(run, straight)
+
+
 def test_a_time_limit_that_has_passed_stops_before_the_first_iteration(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     result = cli(*_train_args(runs, "--time-limit", "1e-6"))

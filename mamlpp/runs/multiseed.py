@@ -115,10 +115,11 @@ def train_epoch_together(
     means = [EpochMeans() for _ in samplers]
     rows: list[list[dict[str, Any]]] = [[] for _ in samplers]
     bar = epoch_bar(config, epoch, progress)
+    start = time.perf_counter()
     for i in bar:
         if stop.requested():
             bar.close()
-            stop.check()
+            stop.check(in_flight=(i, iters, time.perf_counter() - start))
         t = epoch * iters + i
         indices = range(t * b, (t + 1) * b)
         steps = train_step(stack.join([s.batch(indices) for s in samplers]), epoch)

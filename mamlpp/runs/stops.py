@@ -38,6 +38,10 @@ class RunStopped(Exception):  # noqa: N818 (a request, not a failure)
         self.total_epochs = 0
         self.left_s: float | None = None
         self.whole_s: float | None = None
+        self.training_only = False
+        """`left_s`/`whole_s` count training alone (no epoch completed: nothing else timed)."""
+        self.in_flight: tuple[int, int, float] | None = None
+        """(iterations done, of, seconds) of the epoch abandoned, when stopped inside one."""
         super().__init__(self._cause())
 
     def _cause(self) -> str:
@@ -58,12 +62,17 @@ class RunStopped(Exception):  # noqa: N818 (a request, not a failure)
         where = f"at epoch {self.completed_epochs}/{self.total_epochs}"
         if self.completed_epochs == self.total_epochs:
             where += " (training done, the test left)"
+        elif self.in_flight is not None and self.in_flight[0] > 0:
+            done, of, _ = self.in_flight
+            where += f", in epoch {self.completed_epochs + 1} at iteration {done}/{of} (abandoned)"
         pace = ""
         if self.left_s is not None and self.whole_s is not None:
             pace = (
                 f"; at this pace the rest takes ~{minutes(self.left_s)} and the whole run "
                 f"~{minutes(self.whole_s)}"
             )
+            if self.training_only:
+                pace += " (training alone: validation and the test are not timed yet)"
         return (
             f"{self._cause()} {where} (every completed epoch is saved){pace}; run the same "
             "command to resume"
@@ -108,11 +117,17 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None or (self.deadline is not None and self.deadline.expired())
 
-    def check(self) -> None:
+    def check(self, in_flight: tuple[int, int, float] | None = None) -> None:
+        """Raise RunStopped when a stop is due; `in_flight`: (iterations done, of, seconds) of
+        the epoch this is checked in, for the message and the projection."""
+        stopped = None
         if self.signum is not None:
-            raise RunStopped(self.signum)
-        if self.deadline is not None and self.deadline.expired():
-            raise RunStopped(time_limit=self.deadline.seconds)
+            stopped = RunStopped(self.signum)
+        elif self.deadline is not None and self.deadline.expired():
+            stopped = RunStopped(time_limit=self.deadline.seconds)
+        if stopped is not None:
+            stopped.in_flight = in_flight
+            raise stopped
 
     def make_room(self, seconds: float | None) -> None:
         """Stop unless `seconds` (an estimate; None: unknown, go on) fit before the deadline."""

@@ -100,10 +100,11 @@ def train_epoch(
     b, iters = config.outer.meta_batch_size, config.schedule.iterations_per_epoch
     means, rows = EpochMeans(), []
     bar = epoch_bar(config, epoch, progress)
+    start = time.perf_counter()
     for i in bar:
         if stop.requested():
             bar.close()
-            stop.check()
+            stop.check(in_flight=(i, iters, time.perf_counter() - start))
         t = epoch * iters + i
         step = train_step(sampler.batch(range(t * b, (t + 1) * b)), epoch)
         if not math.isfinite(step.loss):
@@ -265,8 +266,14 @@ class Pace:
 
     def project(self, stopped: RunStopped) -> None:
         """Fill in the stopped run's remaining and whole time (this command's start-up
-        included)."""
-        stopped.left_s = self.left(stopped.total_epochs - stopped.completed_epochs)
+        included). Before any epoch has completed, from the iterations of the epoch in flight:
+        training alone."""
+        epochs_left = stopped.total_epochs - stopped.completed_epochs
+        stopped.left_s = self.left(epochs_left)
+        if stopped.left_s is None and stopped.in_flight is not None and stopped.in_flight[0] > 0:
+            done, of, seconds = stopped.in_flight
+            stopped.left_s = seconds / done * of * epochs_left
+            stopped.training_only = True
         if stopped.left_s is not None:
             stopped.whole_s = self.earlier_s + (time.monotonic() - self.start) + stopped.left_s
 

@@ -6,14 +6,19 @@ from mamlpp.runs.stops import Deadline
 
 
 class ScriptedDeadline(Deadline):
-    """Never expires; `has_room_for` answers from `ROOM` in turn (one answer per epoch
-    boundary), so the trainer's stops do not depend on the machine's speed. Patch it in as
-    `mamlpp.runs.cli.Deadline` and set `ROOM` with monkeypatch."""
+    """`has_room_for` answers from `ROOM` in turn (one answer per epoch boundary); `expired`
+    is False for its first `EXPIRES_AFTER` calls (the trainer asks once per iteration), then
+    True (None: never). So the trainer's stops do not depend on the machine's speed. Patch it
+    in as `mamlpp.runs.cli.Deadline` and set `ROOM`/`EXPIRES_AFTER` with monkeypatch."""
 
     ROOM: list[bool] = []
+    EXPIRES_AFTER: int | None = None
 
     def expired(self) -> bool:
-        return False
+        if ScriptedDeadline.EXPIRES_AFTER is None:
+            return False
+        ScriptedDeadline.EXPIRES_AFTER -= 1
+        return ScriptedDeadline.EXPIRES_AFTER < 0
 
     def has_room_for(self, seconds: float) -> bool:
         return ScriptedDeadline.ROOM.pop(0)
