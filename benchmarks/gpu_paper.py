@@ -1,7 +1,7 @@
 """A lent GPU's session for the paper-scale goal, in one command of under 10 minutes: is the
 CUDA-graph step exact (one seed and several seeds per step), the three paper shapes' ms per
 iteration (the default, TF32 matmuls, three seeds per step), TF32 matmuls' numerical effect,
-then the paper-scale Omniglot 5-way 1-shot MAML++ run (seed 0) for the rest of the budget:
+the CPU's kernels on CUDA (first stage as a matmul, pooling by gather, channels-last), then the paper-scale Omniglot 5-way 1-shot MAML++ run (seed 0) for the rest of the budget:
 `mamlpp train ... --time-limit`, resumed from the state an earlier session brought back.
 Results: benchmarks/RESULTS.md#gpu; the run's files: results/.
 
@@ -42,12 +42,14 @@ from pathlib import Path
 import torch
 from gpu_session import OUT, run_parts, session_log
 
-from mamlpp.bench import SHAPES, format_rows, random_batch, run_benchmark
-from mamlpp.config import Config
+from mamlpp.bench import SHAPES, format_rows, random_batch, run_benchmark, time_calls
+from mamlpp.config import Config, apply_overrides
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine.cuda_graph import GraphedTrainStep
 from mamlpp.engine.learner import MetaLearner
+from mamlpp.engine.model import PLAIN, Kernels, NetSpec
 from mamlpp.engine.seeds import GraphedSeedStep, SeedStack
+from mamlpp.kernels import choose, cpu, folded_bn
 from mamlpp.presets import get_preset
 from mamlpp.runs.resolve import run_name
 
@@ -118,6 +120,52 @@ def bench(dry: bool) -> None:
     for name, (overrides, seeds) in variants.items():
         rows = run_benchmark(shapes, [engine], [device], iterations, warmup, [*tiny, *overrides], seeds)
         say(f"[bench] {name} (--set {' '.join(overrides) or '-'}, --seeds {seeds}):\n{format_rows(rows)}")
+
+
+def kernel_variants(dry: bool) -> None:
+    """The CPU's kernels on CUDA, Omniglot shapes, graph step: the first stage as one matmul
+    with patches prepared once per batch (and pooling by gather), pooling by gather alone,
+    activations channels-last; each against CUDA's choice (`mamlpp.kernels.choose`), in ms per
+    iteration, with its float64 meta-gradient gap to the plain kernels (exact: ~1e-15). The dry
+    run: tiny, eager, on the CPU."""
+    device = "cpu" if dry else "cuda"
+    for shape in ("omniglot-20way-1shot", "omniglot-5way-1shot"):
+        config = get_preset(SHAPES[shape]).config
+        if dry:
+            config = apply_overrides(config, ["model.filters=4", "inner.steps=1", "outer.meta_batch_size=2"])
+        chosen = choose(torch.device(device), NetSpec.from_config(config))
+        gather = cpu.max_pool_by_gather
+        variants = {
+            f"{device}'s choice ({chosen.name})": chosen,
+            "first stage as matmul + pool by gather": Kernels(
+                "matmul", cpu.prepare_patch_windows, cpu.first_stage_matmul, gather
+            ),
+            "pool by gather": replace(
+                chosen, first_stage=folded_bn.first_stage_with(gather), max_pool=gather
+            ),
+            "channels-last": replace(chosen, memory_format=torch.channels_last),
+        }
+        batch = random_batch(config, torch.Generator().manual_seed(3))
+        reference = _meta_gradients(config, PLAIN, batch, device)
+        for name, kernels in variants.items():
+            gap = _max_gap(_meta_gradients(config, kernels, batch, device), reference)
+            learner = MetaLearner(config, device, capturable=not dry)
+            learner.kernels = kernels
+            step = learner.train_step if dry else GraphedTrainStep(learner)
+            ms = 1e3 * time_calls(step, batch.to(device), device, *((1, 0) if dry else (10, 3)))
+            kind = "eager" if dry else "graph"
+            say(f"[kernels] {shape} {name}: {ms:.1f} ms/iteration ({kind}); float64 gap {gap:.1e}")
+
+
+def _meta_gradients(
+    config: Config, kernels: Kernels, batch: TaskBatch, device: str
+) -> dict[str, torch.Tensor]:
+    learner = MetaLearner(config, device, torch.float64)
+    learner.kernels = kernels
+    loss = learner.meta_loss(batch, 0).loss
+    names = list(learner.meta_parameters())
+    grads = torch.autograd.grad(loss, list(learner.meta_parameters().values()), allow_unused=True)
+    return {k: g for k, g in zip(names, grads, strict=True) if g is not None}
 
 
 def tf32_effect() -> None:
@@ -200,7 +248,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=570.0, help="seconds for the whole script")
     parser.add_argument("--runs-dir", type=Path, default=Path(".gpu_runs"))
     parser.add_argument("--dry-run", action="store_true", help="the plumbing on the CPU, tiny")
-    parser.add_argument("parts", nargs="*", help="exact bench tf32 paper (default: all)")
+    parser.add_argument("parts", nargs="*", help="exact bench tf32 kernels paper (default: all)")
     args = parser.parse_args()
     start = time.time()
     if not args.dry_run and not torch.cuda.is_available():
@@ -227,6 +275,7 @@ def main() -> None:
         "exact": early(exactness),
         "bench": (lambda: bench(True)) if args.dry_run else early(lambda: bench(False)),
         "tf32": early(tf32_effect),
+        "kernels": (lambda: kernel_variants(True)) if args.dry_run else early(lambda: kernel_variants(False)),
         "paper": the_run,
     }
     run_parts(parts, args.parts, say)

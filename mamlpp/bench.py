@@ -104,6 +104,15 @@ def time_engine(
         stack = SeedStack(configs, device, kernel_options=kernel_options, capturable=cuda_graph)
         step = GraphedSeedStep(stack) if cuda_graph else stack.train_step  # type: ignore[assignment]
         batch = stack.join([random_batch(config, generator) for _ in range(seeds)]).to(device)
+    return time_calls(step, batch, device, iterations, warmup) / seeds
+
+
+def time_calls(
+    step: Callable[[TaskBatch, int], object], batch: TaskBatch, device: str, iterations: int,
+    warmup: int,
+) -> float:  # fmt: skip
+    """Median seconds of `step(batch, 0)` over `iterations` calls after `warmup` untimed ones,
+    the device synchronised around each."""
     times = []
     for i in range(warmup + iterations):
         _synchronize(device)
@@ -112,7 +121,7 @@ def time_engine(
         _synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] / seeds
+    return sorted(times)[len(times) // 2]
 
 
 def _synchronize(device: str) -> None:

@@ -80,8 +80,10 @@ class RunStopped(Exception):  # noqa: N818 (a request, not a failure)
 
 
 def minutes(seconds: float) -> str:
-    """A duration for people: seconds under a minute, else minutes."""
-    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+    """A duration for people: seconds under a minute, hours from two hours, else minutes."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 @dataclass(frozen=True)
