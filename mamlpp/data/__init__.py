@@ -59,7 +59,7 @@ def _synthetic_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).mul_(1.0 / 255.0)
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=None)  # noqa: UP033 (`cache` is this package's cache module)
 def _imagenet_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 / (255 std), mean / std) [3, 1, 1], computed on the CPU (the same numbers for every
     device) and moved to `device` once."""
