@@ -10,8 +10,8 @@ import click
 
 from mamlpp.errors import MamlppError
 from mamlpp.runs.resolve import resolve_config, resolve_device, run_name, start_run_directory
-from mamlpp.runs.tracking import RunDirectory, resolve_wandb_mode
 from mamlpp.runs.stops import Deadline, RunStopped, time_limit_option
+from mamlpp.runs.tracking import RunDirectory, resolve_wandb_mode
 from mamlpp.runs.trainer import RunOptions, test_existing_run, train_run
 
 _DATA_ROOT = click.option(

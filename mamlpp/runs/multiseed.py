@@ -19,7 +19,6 @@ latest.pt; seeds stopped at different epochs are refused with a note to run them
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,18 +36,15 @@ from mamlpp.runs.resolve import check_schedule, train_seed
 from mamlpp.runs.stops import RunStopped, StopRequest, stop_on_signals
 from mamlpp.runs.tracking import RunDirectory, RunDirectoryError, WandbMirror
 from mamlpp.runs.trainer import (
-    iteration_row,
-    non_finite_loss,
     EpisodeFactory,
     EpochMeans,
-    NonFiniteLossError,
     Pace,
     RunOptions,
     Sampler,
     default_episodes,
     earlier_epoch_seconds,
-    epoch_bar,
     epoch_row,
+    iterate_epoch,
     open_mirror,
     schedule_line,
     summary_line,
@@ -110,29 +106,12 @@ def train_epoch_together(
 ) -> tuple[list[EpochMeans], list[list[dict[str, Any]]]]:  # fmt: skip
     """`trainer.train_epoch` for every seed at once: iteration t trains each seed on its own
     sampler's meta-batch t in one joint step (`seeds.training_step`)."""
-    config = stack.config
-    b, iters = config.outer.meta_batch_size, config.schedule.iterations_per_epoch
-    means = [EpochMeans() for _ in samplers]
-    rows: list[list[dict[str, Any]]] = [[] for _ in samplers]
-    bar = epoch_bar(config, epoch, progress)
-    start = time.perf_counter()
-    for i in bar:
-        if stop.requested():
-            bar.close()
-            stop.check(in_flight=(i, iters, time.perf_counter() - start))
-        t = epoch * iters + i
-        indices = range(t * b, (t + 1) * b)
-        steps = train_step(stack.join([s.batch(indices) for s in samplers]), epoch)
-        for seed_config, step in zip(stack.configs, steps, strict=True):
-            if not math.isfinite(step.loss):
-                bar.close()
-                raise non_finite_loss(step.loss, epoch, i, t, seed_config.seed)
-        for m, r, step in zip(means, rows, steps, strict=True):
-            m.add(step.loss, step.accuracy, step.grad_stats)
-            r.append(iteration_row(step, epoch, t))
-        bar.set_postfix(loss=f"{steps[0].loss:.3f}", acc=f"{steps[0].accuracy:.3f}", refresh=False)
-    bar.close()
-    return means, rows
+
+    def joint(indices: range) -> list[StepResult]:
+        return train_step(stack.join([s.batch(indices) for s in samplers]), epoch)
+
+    seed_numbers = [c.seed for c in stack.configs]
+    return iterate_epoch(joint, seed_numbers, stack.config, epoch, progress, stop)
 
 
 def _train_together(

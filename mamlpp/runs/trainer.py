@@ -96,9 +96,26 @@ def train_epoch(
     """`iterations_per_epoch` outer updates by `train_step` (`cuda_graph.training_step`);
     stops with NonFiniteLossError on a NaN/inf loss, and with RunStopped before an iteration
     when `stop` was requested."""
-    stop = stop or StopRequest()
+
+    def one(indices: range) -> list[StepResult]:
+        return [train_step(sampler.batch(indices), epoch)]
+
+    means, rows = iterate_epoch(one, [None], config, epoch, progress, stop or StopRequest())
+    return means[0], rows[0]
+
+
+def iterate_epoch(
+    step: Callable[[range], Sequence[StepResult]], seeds: Sequence[int | None], config: Config,
+    epoch: int, progress: bool, stop: StopRequest,
+) -> tuple[list[EpochMeans], list[list[dict[str, Any]]]]:  # fmt: skip
+    """An epoch's iterations: `step(indices)` does outer iteration t on the meta-batch of
+    task indices [t*B, (t+1)*B) and returns one StepResult per run (`seeds`: the runs' seeds
+    when several train together, else [None]); their means and iteration rows per run. Checks
+    `stop` before each iteration (RunStopped, naming the iteration reached) and every loss
+    after it (NonFiniteLossError)."""
     b, iters = config.outer.meta_batch_size, config.schedule.iterations_per_epoch
-    means, rows = EpochMeans(), []
+    means = [EpochMeans() for _ in seeds]
+    rows: list[list[dict[str, Any]]] = [[] for _ in seeds]
     bar = epoch_bar(config, epoch, progress)
     start = time.perf_counter()
     for i in bar:
@@ -106,13 +123,15 @@ def train_epoch(
             bar.close()
             stop.check(in_flight=(i, iters, time.perf_counter() - start))
         t = epoch * iters + i
-        step = train_step(sampler.batch(range(t * b, (t + 1) * b)), epoch)
-        if not math.isfinite(step.loss):
-            bar.close()
-            raise non_finite_loss(step.loss, epoch, i, t)
-        means.add(step.loss, step.accuracy, step.grad_stats)
-        rows.append(iteration_row(step, epoch, t))
-        bar.set_postfix(loss=f"{step.loss:.3f}", acc=f"{step.accuracy:.3f}", refresh=False)
+        steps = step(range(t * b, (t + 1) * b))
+        for seed, result in zip(seeds, steps, strict=True):
+            if not math.isfinite(result.loss):
+                bar.close()
+                raise non_finite_loss(result.loss, epoch, i, t, seed)
+        for m, r, result in zip(means, rows, steps, strict=True):
+            m.add(result.loss, result.accuracy, result.grad_stats)
+            r.append(iteration_row(result, epoch, t))
+        bar.set_postfix(loss=f"{steps[0].loss:.3f}", acc=f"{steps[0].accuracy:.3f}", refresh=False)
     bar.close()
     return means, rows
 
