@@ -1,7 +1,8 @@
 """The Triton batch-norm kernels (`mamlpp.kernels.triton_bn`) against torch in float64, run on
 the CPU by Triton's interpreter: the forward against torch's fused kernel, the first and second
-derivatives against finite differences (gradcheck, gradgradcheck) and against torch's autograd;
-and their compilation for a GPU. Skipped, with the reason, where Triton cannot be imported."""
+derivatives against finite differences (gradcheck, gradgradcheck) and against torch's autograd,
+and a learner's second-order meta-gradients against the default kernels. Skipped, with the
+reason, where Triton cannot be imported."""
 
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
+import mamlpp.kernels
 from mamlpp.engine import model
+from mamlpp.engine.learner import MetaLearner
+from mamlpp.errors import MamlppError
+from mamlpp.kernels import KernelOptions, choose
+from mamlpp.presets import synthetic_config
+from tests.support.tiny import random_batch
 
 F64 = torch.float64
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +116,47 @@ def test_double_backward_equals_torch_autograd(tb: ModuleType, shape: tuple[int,
         results.append([torch.zeros_like(t) if d is None else d for d, t in zip(second, (gy, h, weight))])
     for torchs, ours in zip(*results):
         torch.testing.assert_close(ours, torchs, rtol=0, atol=1e-11)
+
+
+def test_learner_meta_gradients_equal_the_default_kernels(tb: ModuleType) -> None:
+    """A MAML++ learner's second-order meta-gradients and running statistics are the same with
+    the Triton batch norm as with the default kernels (float64; the CPU's task threads launch
+    the interpreted kernels one at a time)."""
+    c = synthetic_config()
+    c = replace(c, inner=replace(c.inner, order="second"), outer=replace(c.outer, meta_batch_size=2))
+    batch = random_batch(c, 2)
+    out = {}
+    for kernel in ("fused", "triton"):
+        options = KernelOptions(batch_norm=kernel)  # type: ignore[arg-type]
+        learner = MetaLearner(c, dtype=F64, kernel_options=options)
+        assert ("triton-bn" in learner.kernels.name) == (kernel == "triton")
+        meta = learner.meta_parameters()
+        grads = torch.autograd.grad(learner.meta_loss(batch, 0).loss, list(meta.values()), allow_unused=True)
+        learner.train_step(batch, 0)
+        out[kernel] = (dict(zip(meta, grads)), learner.running["bn2.running_var"].clone())
+    for k, g in out["fused"][0].items():
+        assert g is not None or out["triton"][0][k] is None, k
+        if g is not None:
+            torch.testing.assert_close(out["triton"][0][k], g, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out["triton"][1], out["fused"][1], rtol=0, atol=1e-12)
+
+
+def test_asking_where_it_cannot_run_is_a_clear_error(tb: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = MetaLearner(synthetic_config()).spec
+    monkeypatch.setattr(tb, "INTERPRETED", False)  # compiled kernels: CUDA only
+    with pytest.raises(MamlppError, match="cannot run on cpu.*compiled.*batch_norm='fused'"):
+        choose(torch.device("cpu"), spec, KernelOptions(batch_norm="triton"))
+
+
+def test_asking_without_triton_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs also where Triton is missing: an import that fails is a MamlppError naming it."""
+    spec = MetaLearner(synthetic_config()).spec
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    monkeypatch.delitem(sys.modules, "mamlpp.kernels.triton_bn", raising=False)
+    monkeypatch.delattr(mamlpp.kernels, "triton_bn", raising=False)
+    with pytest.raises(MamlppError, match="needs Triton, which cannot be imported.*pip install triton"):
+        choose(torch.device("cpu"), spec, KernelOptions(batch_norm="triton"))
+    assert "triton-bn" not in choose(torch.device("cpu"), spec).name
 
 
 COMPILE_FOR_HOPPER = """
