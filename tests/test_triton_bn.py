@@ -1,8 +1,8 @@
 """The Triton batch-norm kernels (`mamlpp.kernels.triton_bn`) against torch in float64, run on
 the CPU by Triton's interpreter: the forward against torch's fused kernel, the first and second
 derivatives against finite differences (gradcheck, gradgradcheck) and against torch's autograd,
-and a learner's second-order meta-gradients against the default kernels. Skipped, with the
-reason, where Triton cannot be imported."""
+and a learner's second-order meta-gradients against the default kernels; their compilation for
+a GPU; the GPU benchmark's dry run. Skipped, with the reason, where Triton cannot be imported."""
 
 from __future__ import annotations
 
@@ -195,3 +195,15 @@ def test_the_kernels_compile_for_a_hopper_gpu(tb: ModuleType) -> None:
         pytest.skip(f"this Triton cannot compile for CUDA here: {done.stderr.splitlines()[-1]}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(" ok") == 8
+
+
+def test_the_benchmark_runs_dry_on_the_cpu(tb: ModuleType) -> None:
+    """benchmarks/triton_bn_bench.py's code on a tiny config under the interpreter, so a GPU
+    session never finds a broken script."""
+    done = subprocess.run(
+        [sys.executable, "benchmarks/triton_bn_bench.py", "--dry-run"], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "default/triton" in done.stdout and done.stdout.count("[float32]") == 2
