@@ -10,7 +10,6 @@ import importlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -31,22 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tb() -> Iterator[ModuleType]:
-    """`triton_bn` with its kernels interpreted. Triton reads TRITON_INTERPRET when a kernel is
-    decorated, its own library's included, so it must be set before Triton is first imported
-    (nothing else in the package or the tests imports it); it stays set for this module."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("TRITON_INTERPRET", "1")
-        try:
-            module = importlib.import_module("mamlpp.kernels.triton_bn")
-        except ImportError as e:
-            pytest.skip(f"Triton cannot be imported ({e}): the Triton batch-norm kernels are untested")
-        if not module.INTERPRETED:
-            pytest.fail(
-                "Triton was imported without TRITON_INTERPRET=1 before these tests; "
-                "run them in their own process"
-            )
-        yield module
+def tb() -> ModuleType:
+    """`triton_bn` with its kernels interpreted (tests/conftest.py sets TRITON_INTERPRET=1 for
+    the session: Triton reads it when a kernel is decorated, its own library's included)."""
+    try:
+        module = importlib.import_module("mamlpp.kernels.triton_bn")
+    except ImportError as e:
+        pytest.skip(f"Triton cannot be imported ({e}): the Triton batch-norm kernels are untested")
+    if not module.INTERPRETED:
+        pytest.fail("Triton was imported without TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+    return module
 
 
 def _inputs(shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = F64) -> tuple[torch.Tensor, ...]:
