@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+# Triton kernels run under Triton's interpreter in the tests (tests/test_triton_bn.py runs them
+# on the CPU). Triton reads this when a kernel is decorated, its own library's included, and
+# torch may import Triton during any test (e.g. through torch._dynamo), so it is set for the
+# whole session before any test runs.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(scope="session")
 def shared_data_root() -> Path:

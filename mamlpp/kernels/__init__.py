@@ -1,7 +1,8 @@
 """Speed paths for the engine, chosen once per learner from the device and the network's shape.
 
 The engine's model (`mamlpp.engine.model`) defines the plain paths and the `Kernels` interface;
-this package builds faster ones (`cpu`, `cuda`, `folded_bn` for both) and `choose` picks them.
+this package builds faster ones (`cpu`, `cuda`, `folded_bn` for both; `triton_bn` on request) and
+`choose` picks them.
 Every choice is exact against the plain path in float64 (tests/test_engine.py). The CPU's
 task groups on threads (`task_threads`) and malloc settings (`cpu_memory`) live here too.
 
@@ -16,7 +17,8 @@ from typing import Literal
 
 import torch
 
-from mamlpp.engine.model import PLAIN, Kernels, NetSpec, fold_images, max_pool
+from mamlpp.engine.model import PLAIN, BatchNormKernel, Kernels, NetSpec, fold_images, max_pool
+from mamlpp.errors import MamlppError
 from mamlpp.kernels import cpu, cuda, folded_bn
 
 
@@ -32,8 +34,10 @@ class KernelOptions:
     """CPU: max-pooling as a gather at the maxima of max_pool2d's channels-last kernel."""
     task_threads: bool = True
     """CPU: the meta-batch's tasks in groups on parallel threads (`task_threads`)."""
-    batch_norm: Literal["fused", "elementwise"] = "fused"
-    """torch's fused batch-norm kernel, or the elementwise one (benchmarking alternative)."""
+    batch_norm: Literal["fused", "elementwise", "triton"] = "fused"
+    """torch's fused batch-norm kernel, the elementwise one (benchmarking alternative), or the
+    Triton kernels with fused backward and double backward (`triton_bn`; CUDA, or the CPU under
+    TRITON_INTERPRET=1; not measured on a GPU yet: benchmarks/triton_bn_bench.py)."""
     channels_last: bool = False
     """Activations in the channels-last layout (benchmarking alternative)."""
 
@@ -51,6 +55,9 @@ def choose(
       network max-pools, else the first batch norm folded into the convolution.
     - CUDA: the first batch norm folded for images up to `cuda.FOLD_FIRST_BATCH_NORM_MAX_SIDE`.
     - anywhere else: the plain paths.
+
+    The options' batch-norm kernel replaces torch's fused one in the stages that are not folded
+    (`triton_bn`'s unavailability is a `MamlppError`).
     """
     on_cpu = device.type == "cpu"
     pool = cpu.max_pool_by_gather if on_cpu and options.pool_by_gather else max_pool
@@ -73,6 +80,28 @@ def choose(
             cpu.batch_norm_elementwise if options.batch_norm == "elementwise" else kernels.batch_norm,
             torch.channels_last if options.channels_last else kernels.memory_format,
         )
+    if options.batch_norm == "triton":
+        kernels = replace(kernels, name=kernels.name + "+triton-bn", batch_norm=triton_batch_norm(device))
     if tf32_matmul and device.type == "cuda":
         kernels = replace(kernels, name=kernels.name + "+tf32", precision=cuda.tf32_matmuls)
     return kernels
+
+
+def triton_batch_norm(device: torch.device) -> BatchNormKernel:
+    """`triton_bn.batch_norm_triton`, or a `MamlppError` saying why it cannot run on `device`."""
+    try:
+        from mamlpp.kernels import triton_bn
+    except ImportError as e:
+        raise MamlppError(
+            f"KernelOptions(batch_norm='triton') needs Triton, which cannot be imported ({e}): "
+            "install it (pip install triton) or use batch_norm='fused'"
+        ) from e
+    if not triton_bn.runs_on(device):
+        mode = "interpreted" if triton_bn.INTERPRETED else "compiled"
+        raise MamlppError(
+            f"KernelOptions(batch_norm='triton') cannot run on {device}: its Triton kernels run "
+            "compiled on CUDA devices, or interpreted on the CPU (TRITON_INTERPRET=1 set before "
+            f"Triton is first imported), and here they are {mode}; "
+            "use batch_norm='fused' instead"
+        )
+    return triton_bn.batch_norm_triton
