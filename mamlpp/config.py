@@ -153,7 +153,9 @@ class ScheduleConfig:
     ensemble_top_k: int = 5
     """Checkpoints with the best validation accuracy averaged at test time."""
     eval_batch_size: int = 0
-    """Tasks evaluated together at validation/test; 0 means the meta-batch size."""
+    """Tasks evaluated together at validation/test; 0 chooses by device: the meta-batch size on
+    the CPU, meta-batch size x inner steps on CUDA (`mamlpp.runs.trainer.evaluation_chunks`).
+    Tasks are independent, so it changes rounding only."""
     ensemble: Ensemble = "probabilities"
     """How the top-k checkpoints vote at test: the mean of their class 'probabilities', or the
     mean of their raw 'logits' (the authors' code: docs/fidelity.md, row 4)."""
@@ -309,7 +311,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "schedule.val_tasks": _at_least(1),
     "schedule.test_tasks": _at_least(1),
     "schedule.ensemble_top_k": _at_least(1),
-    "schedule.eval_batch_size": ((lambda v: v >= 0), "at least 0 (0 = the meta-batch size)"),
+    "schedule.eval_batch_size": ((lambda v: v >= 0), "at least 0 (0 = chosen by device)"),
 }
 """The allowed range of every numeric config field: key -> (check, the range in words).
 `validate` applies it to every resolved config before anything is written."""

@@ -39,3 +39,15 @@ def test_validation_does_not_depend_on_the_evaluation_batch_size() -> None:
     for size in (5, 24):
         assert abs(results[size][0] - results[0][0]) < 1e-12
         assert abs(results[size][1] - results[0][1]) < 1e-12
+
+
+def test_the_default_chunk_follows_the_device() -> None:
+    """By default the CPU evaluates a meta-batch of tasks at a time, CUDA meta-batch x inner
+    steps (fewer launches per task, no more memory than a training step); an explicit
+    schedule.eval_batch_size wins on both."""
+    c = synthetic_config()
+    b, steps = c.outer.meta_batch_size, c.inner.steps
+    assert [len(r) for r in evaluation_chunks(c, 3 * b * steps)] == [b] * 3 * steps
+    assert [len(r) for r in evaluation_chunks(c, 3 * b * steps, "cuda")] == [b * steps] * 3
+    sized = replace(c, schedule=replace(c.schedule, eval_batch_size=5))
+    assert {len(r) for r in evaluation_chunks(sized, 20, "cuda")} == {5}

@@ -25,7 +25,7 @@ from mamlpp.config import Config, ConfigError
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine import cuda_graph
 from mamlpp.engine.learner import EvalResult, MetaLearner, StepResult
-from mamlpp.engine.seeds import SeedStack, folds_evaluation
+from mamlpp.engine.seeds import SeedStack, evaluation_pass_tasks, folds_evaluation
 from mamlpp.errors import MamlppError
 from mamlpp.kernels import DEFAULT as DEFAULT_KERNELS
 from mamlpp.kernels import KernelOptions
@@ -155,14 +155,24 @@ def iteration_row(step: StepResult, epoch: int, t: int) -> dict[str, Any]:
     return {"iteration": t, "epoch": epoch, "train/loss": step.loss, "train/acc": step.accuracy}
 
 
-def evaluation_chunks(config: Config, num_tasks: int) -> list[range]:
+def evaluation_chunks(config: Config, num_tasks: int, device: str | torch.device = "cpu") -> list[range]:
+    """The chunks of tasks evaluated together at validation and test: `schedule.eval_batch_size`
+    tasks, by default the meta-batch on the CPU (its task groups on threads split a chunk) and
+    on CUDA `seeds.evaluation_pass_tasks` of it (meta-batch x inner steps: no more activations
+    than one training step holds, ~steps x fewer kernel launches per task). Tasks are
+    independent, so the chunking changes rounding only (tests/test_eval_chunks.py)."""
     size = config.schedule.eval_batch_size or config.outer.meta_batch_size
+    if not config.schedule.eval_batch_size and torch.device(device).type == "cuda":
+        size = evaluation_pass_tasks(config, size)
     return [range(s, min(s + size, num_tasks)) for s in range(0, num_tasks, size)]
 
 
 def validate(learner: MetaLearner, sampler: Sampler, config: Config) -> tuple[float, float]:
     """Mean target loss and accuracy over the same `val_tasks` tasks every epoch."""
-    return _validation_means(lambda batch: [learner.evaluate(batch)], sampler, config)[0]
+    def evaluate(batch: TaskBatch) -> list[EvalResult]:
+        return [learner.evaluate(batch)]
+
+    return _validation_means(evaluate, sampler, config, learner.device)[0]
 
 
 def validate_seeds(
@@ -174,17 +184,18 @@ def validate_seeds(
     tests/test_multiseed.py compares the two."""
     if not (folds_evaluation(config, stack.device) if fold is None else fold):
         return [validate(stack.learner(s), sampler, config) for s in range(stack.seeds)]
-    return _validation_means(stack.evaluate_shared, sampler, config)
+    return _validation_means(stack.evaluate_shared, sampler, config, stack.device)
 
 
 def _validation_means(
-    evaluate: Callable[[TaskBatch], Sequence[EvalResult]], sampler: Sampler, config: Config
-) -> list[tuple[float, float]]:
+    evaluate: Callable[[TaskBatch], Sequence[EvalResult]], sampler: Sampler, config: Config,
+    device: str | torch.device,
+) -> list[tuple[float, float]]:  # fmt: skip
     """Per parameter set, the mean target loss and accuracy over the `val_tasks` tasks, which
     `evaluate` scores chunk by chunk (`evaluation_chunks`), one result per set."""
     losses: list[list[torch.Tensor]] = []
     accs: list[list[torch.Tensor]] = []
-    for chunk in evaluation_chunks(config, config.schedule.val_tasks):
+    for chunk in evaluation_chunks(config, config.schedule.val_tasks, device):
         results = evaluate(sampler.batch(chunk))
         losses.append([r.loss.double() for r in results])
         accs.append([r.accuracy.double() for r in results])
@@ -440,7 +451,7 @@ def test_run(
         config, "test", data_root=options.data_root, seed=config.data.test_seed,
         device=options.device,
     )  # fmt: skip
-    chunks = evaluation_chunks(config, config.schedule.test_tasks)
+    chunks = evaluation_chunks(config, config.schedule.test_tasks, options.device)
     accuracies = ensemble.ensemble_accuracies(
         learners, sampler, chunks, between=(stop or StopRequest()).check
     )
