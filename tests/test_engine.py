@@ -582,3 +582,21 @@ def test_learners_run_their_steps_under_the_kernels_precision(monkeypatch: pytes
     stack.train_step([batch, batch], 0)
     stack.evaluate([batch, batch])
     assert entered == ["in"] * 4
+
+
+def test_gradient_statistics_equal_the_per_tensor_computation() -> None:
+    """`gradient_rows` (vector norms over all tensors at once) against max, min, mean and norm of
+    each |grad| computed one tensor at a time, float64."""
+    from mamlpp.engine.learner import GRAD_STATS, gradient_rows
+
+    g = torch.Generator().manual_seed(0)
+    meta = {name: torch.zeros(shape, dtype=torch.float64) for name, shape in
+            (("w", (4, 3, 3, 3)), ("b", (4,)), ("one", (1,)))}  # fmt: skip
+    for p in meta.values():
+        p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+    rows = gradient_rows(meta, ["b", "w", "one"])
+    for row, name in zip(rows, ["b", "w", "one"], strict=True):
+        a = meta[name].grad.abs()  # type: ignore[union-attr]
+        expected = torch.stack([a.max(), a.min(), a.mean(), a.norm()])
+        torch.testing.assert_close(row, expected, rtol=1e-14, atol=0)
+    assert rows.shape == (3, len(GRAD_STATS))
