@@ -1,6 +1,6 @@
 """benchmarks/gpu_paper.py's plumbing, dry on the CPU: a lent GPU has minutes, so the script
-that spends them must not fail on a path, a file name or the run state it hands to the next
-session. The run state it packs resumes: unpacked into a fresh runs folder with the run's test
+that spends them must not fail on a path, a file name, a package the GPU machine lacks or the
+run state it hands to the next session. The run state it packs resumes: unpacked into a fresh runs folder with the run's test
 result taken away, the same script resumes it to the same test result."""
 
 from __future__ import annotations
@@ -13,11 +13,26 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+NOT_ON_THE_CARD = ("plotly", "wandb", "submitit", "playwright")
+"""Packages of ours the GPU machine's image lacks (the device tool's package list): the script
+and the `mamlpp train` it starts must run without them."""
+BLOCKER = f"""
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {NOT_ON_THE_CARD!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not on the GPU machine)")
+sys.meta_path.insert(0, _Block())
+"""
 
 
 def _dry_run(out: Path, runs: Path) -> str:
     out.mkdir(parents=True)
-    env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    block = out.parent / "block"
+    block.mkdir(exist_ok=True)
+    (block / "sitecustomize.py").write_text(BLOCKER)
+    path = f"{block}{os.pathsep}{ROOT}"
+    env = {**os.environ, "OUT": str(out), "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "benchmarks/gpu_paper.py", "--dry-run", "--budget", "300", "--runs-dir", str(runs)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
