@@ -600,3 +600,13 @@ def test_gradient_statistics_equal_the_per_tensor_computation() -> None:
         expected = torch.stack([a.max(), a.min(), a.mean(), a.norm()])
         torch.testing.assert_close(row, expected, rtol=1e-14, atol=0)
     assert rows.shape == (3, len(GRAD_STATS))
+
+    from mamlpp.engine.seeds import seed_gradient_rows
+
+    stacked = {name: torch.stack([p, 2 * p + 1]) for name, p in meta.items()}
+    for name, p in stacked.items():
+        p.grad = torch.stack([meta[name].grad, -3 * meta[name].grad])  # type: ignore[list-item]
+    per_seed = seed_gradient_rows(stacked, ["b", "w", "one"])
+    assert per_seed.shape == (2, 3, len(GRAD_STATS))
+    torch.testing.assert_close(per_seed[0], rows, rtol=1e-14, atol=0)
+    torch.testing.assert_close(per_seed[1], rows * torch.tensor([3.0, 3, 3, 3], dtype=torch.float64), rtol=1e-14, atol=0)

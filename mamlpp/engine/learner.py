@@ -544,10 +544,14 @@ def clip_gradients(meta: Mapping[str, Tensor], clip: float | None) -> None:
 
 def gradient_rows(meta: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
     """[len(names), 4]: max, min, mean and norm (GRAD_STATS) of |grad| per named tensor, on the
-    device (the CUDA-graph step keeps them there; train_step reads them back once). As vector
-    norms of order inf, -inf, 1 (/ numel) and 2 over all tensors at once (`torch._foreach_norm`):
-    a few multi-tensor kernels on CUDA instead of ~7 per tensor (benchmarks/op_count.py)."""
-    grads = [meta[k].grad.detach() for k in names]  # type: ignore[union-attr]
-    maxs, mins, sums, norms = (torch._foreach_norm(grads, o) for o in (math.inf, -math.inf, 1, 2))
-    means = torch._foreach_div(sums, [float(g.numel()) for g in grads])
+    device (the CUDA-graph step keeps them there; train_step reads them back once)."""
+    return absolute_statistics([meta[k].grad.detach() for k in names])  # type: ignore[union-attr]
+
+
+def absolute_statistics(tensors: list[Tensor]) -> Tensor:
+    """[len(tensors), 4]: max, min, mean and norm of |t| per tensor, as vector norms of order
+    inf, -inf, 1 (/ numel) and 2 over all tensors at once (`torch._foreach_norm`): a few
+    multi-tensor kernels on CUDA instead of ~7 per tensor (benchmarks/op_count.py)."""
+    maxs, mins, sums, norms = (torch._foreach_norm(tensors, o) for o in (math.inf, -math.inf, 1, 2))
+    means = torch._foreach_div(sums, [float(t.numel()) for t in tensors])
     return torch.stack([torch.stack(v) for v in (maxs, mins, means, norms)], 1)

@@ -57,6 +57,7 @@ from mamlpp.engine.learner import (
     StepPlan,
     StepResult,
     _weighted,
+    absolute_statistics,
     choose_engine,
     clip_gradients,
     initial_state,
@@ -481,12 +482,12 @@ def training_step(stack: SeedStack) -> Callable[[TaskBatch, int], list[StepResul
 
 def seed_gradient_rows(meta: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
     """[S, len(names), 4]: per seed, `learner.gradient_rows` of its slices (max, min, mean and
-    norm of |grad| per named tensor), on the device."""
-    rows = []
-    for k in names:
-        g = meta[k].grad.detach().abs().flatten(1)  # type: ignore[union-attr]
-        rows.append(torch.stack([g.amax(1), g.amin(1), g.mean(1), g.norm(dim=1)], 1))
-    return torch.stack(rows, 1)
+    norm of |grad| per named tensor), on the device; every seed's slices in one
+    `learner.absolute_statistics`."""
+    grads = [meta[k].grad.detach() for k in names]  # type: ignore[union-attr]
+    seeds = grads[0].shape[0]
+    rows = absolute_statistics([g[s] for s in range(seeds) for g in grads])
+    return rows.view(seeds, len(grads), len(GRAD_STATS))
 
 
 def _stacked_adam(optimizers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
