@@ -3,6 +3,8 @@
 the paper's small shapes (benchmarks/RESULTS.md#gpu). Counts every aten operator the iteration
 dispatches (forward, the second-order backward, Adam), with the CPU's task threads off so that
 every operator runs on this thread, and the Triton batch norm's kernel launches beside them.
+The kernels are the ones `mamlpp.kernels.choose` picks for the CPU or for CUDA (run here on CPU
+tensors: they are device-agnostic but for the Triton batch norm, which runs interpreted).
 
     TRITON_INTERPRET=1 PYTHONPATH=. .venv/bin/python benchmarks/op_count.py [PRESET ...]
 
@@ -17,6 +19,7 @@ import contextlib
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -43,13 +46,20 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count(preset: str, options: KernelOptions) -> tuple[Counter[str], int]:
+def count(preset: str, options: KernelOptions, as_on: str = "cpu") -> tuple[Counter[str], int]:
     """The operators of one outer iteration at epoch 0 (second order, every MSL step), after
-    one untimed iteration; and the Triton kernel launches among them."""
-    from mamlpp.kernels import triton_bn
+    one untimed iteration, with the kernels `choose` picks for device `as_on` (they run on any
+    device); and the Triton kernel launches among them."""
+    from mamlpp.kernels import choose, triton_bn
 
     config = get_preset(preset).config
     learner = MetaLearner(config, "cpu", kernel_options=options)
+    interpreted = options.batch_norm == "triton" and as_on != "cpu"  # chosen as on CUDA, run here
+    fused = replace(options, batch_norm="fused") if interpreted else options
+    chosen = choose(torch.device(as_on), learner.spec, fused, config.tf32_matmul)
+    if interpreted:
+        chosen = replace(chosen, batch_norm=triton_bn.batch_norm_triton)
+    learner.kernels = replace(chosen, precision=learner.kernels.precision)
     batch = random_batch(config, torch.Generator().manual_seed(0))
     learner.train_step(batch, 0)
     counter = CountOps()
@@ -84,11 +94,13 @@ NO_KERNEL = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "uns
 
 def main(presets: list[str]) -> None:
     for preset in presets:
-        for name, options in (
-            ("default", KernelOptions(task_threads=False)),
-            ("triton batch norm", KernelOptions(task_threads=False, batch_norm="triton")),
+        for name, options, as_on in (
+            ("the CPU's kernels", KernelOptions(task_threads=False), "cpu"),
+            ("CUDA's kernels", KernelOptions(task_threads=False), "cuda"),
+            ("CUDA's kernels, split BN sets off", KernelOptions(task_threads=False, split_affine_sets=False), "cuda"),
+            ("CUDA's kernels + Triton batch norm", KernelOptions(task_threads=False, batch_norm="triton"), "cuda"),
         ):
-            ops, launches = count(preset, options)
+            ops, launches = count(preset, options, as_on)
             kernels = sum(n for op, n in ops.items() if op not in NO_KERNEL) + launches
             top = ", ".join(f"{op} {n}" for op, n in ops.most_common(8))
             print(f"{preset} {name}: {sum(ops.values())} aten operators, ~{kernels} kernel-launching "

@@ -610,3 +610,32 @@ def test_gradient_statistics_equal_the_per_tensor_computation() -> None:
     assert per_seed.shape == (2, 3, len(GRAD_STATS))
     torch.testing.assert_close(per_seed[0], rows, rtol=1e-14, atol=0)
     torch.testing.assert_close(per_seed[1], rows * torch.tensor([3.0, 3, 3, 3], dtype=torch.float64), rtol=1e-14, atol=0)
+
+
+def test_split_affine_sets_give_the_same_meta_gradients() -> None:
+    """CUDA's `Kernels.split_affine` (the BN scale/shift sets unbound once per pass) against
+    selecting a set at each use, float64, per-step BN weights: one learner and stacked seeds."""
+    from mamlpp import kernels
+    from mamlpp.engine.seeds import SeedStack
+
+    spec = model.NetSpec.from_config(synthetic_config())
+    assert kernels.choose(torch.device("cuda"), spec).split_affine
+    assert not kernels.choose(torch.device("cpu"), spec).split_affine
+    c = replace(synthetic_config(), outer=replace(synthetic_config().outer, meta_batch_size=2))
+    assert c.bn.per_step_affine
+    batch = random_batch(c, 2)
+
+    def gradients(holder: MetaLearner | SeedStack, split: bool) -> list[torch.Tensor]:
+        holder.kernels = replace(holder.kernels, split_affine=split)
+        joined = holder.join([batch, batch]) if isinstance(holder, SeedStack) else batch
+        loss = holder.meta_loss(joined, holder.plan(0)).loss
+        params = list(holder.meta_parameters().values())
+        return list(torch.autograd.grad(loss.sum(), params, allow_unused=True))
+
+    for make in (lambda: MetaLearner(c, dtype=torch.float64, kernel_options=KernelOptions(task_threads=False)),
+                 lambda: SeedStack([c, replace(c, seed=1)], dtype=torch.float64)):  # fmt: skip
+        plain, split = gradients(make(), False), gradients(make(), True)
+        for a, b in zip(plain, split, strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

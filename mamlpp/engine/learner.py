@@ -215,8 +215,11 @@ class MetaLearner:
         stats: list[model.BatchNormStats] | None,
     ) -> Forward:
         """`net` (forward_tasks or forward_task) with everything but (fast weights, images,
-        step) bound: BN scale/shift `shared`, the running statistics, the BN mode, and the list
+        step) bound: BN scale/shift `shared` (their sets split once for the pass where the
+        kernels say: `Kernels.split_affine`), the running statistics, the BN mode, and the list
         that collects batch statistics (None: not collected)."""
+        if self.kernels.split_affine:
+            shared = model.split_affine_sets(shared)
 
         if net is model.forward_tasks:
 

@@ -173,8 +173,8 @@ def batch_norm(
     scale/shift set, and either the running statistics of the step's set or the batch
     statistics (computed by `kernel`, default `batch_norm_fused`, and appended to `stats_out`)."""
     a = min(step, spec.affine_sets - 1)
-    weight = per_task(bn_set(params[f"bn{layer}.weight"], a), tasks)
-    bias = per_task(bn_set(params[f"bn{layer}.bias"], a), tasks)
+    weight = per_task(affine_set(params, f"bn{layer}.weight", a), tasks)
+    bias = per_task(affine_set(params, f"bn{layer}.bias", a), tasks)
     if mode == "running":
         s = min(step, spec.stat_sets - 1)
         mean = per_task(bn_set(running[f"bn{layer}.running_mean"], s), tasks)
@@ -189,6 +189,26 @@ def batch_norm(
             )
         )
     return out
+
+
+def split_affine_sets(params: Params) -> dict[str, Tensor]:
+    """`params` and, for each batch-norm scale/shift, its sets as entries ``bn<i>.weight[a]``,
+    split once (`torch.unbind`) for a whole pass: each set's gradient then lands in one slice of
+    one stack in the backward, instead of one zero-filled full-size copy per use (`select`'s
+    backward); the same sums, fewer kernels (benchmarks/op_count.py). `affine_set` reads them."""
+    out = dict(params)
+    for key, value in params.items():
+        if key.startswith("bn") and key.endswith((".weight", ".bias")):
+            sets = value.unbind(0 if value.dim() == 2 else 1)
+            out.update({f"{key}[{a}]": t for a, t in enumerate(sets)})
+    return out
+
+
+def affine_set(params: Params, name: str, index: int) -> Tensor:
+    """Set `index` of the batch-norm scale/shift `name` ([F], or [S, F] per seed): the split
+    entry `split_affine_sets` made, else selected from the whole tensor (`bn_set`)."""
+    split = params.get(f"{name}[{index}]")
+    return split if split is not None else bn_set(params[name], index)
 
 
 def bn_set(t: Tensor, index: int) -> Tensor:
@@ -293,6 +313,9 @@ class Kernels:
     batch_norm: BatchNormKernel = batch_norm_fused
     memory_format: torch.memory_format = torch.contiguous_format
     """Activation layout of the folded forward."""
+    split_affine: bool = False
+    """Split the batch-norm scale/shift sets once per pass (`split_affine_sets`): the same
+    sums, fewer kernels, but another summation order of their gradients."""
     precision: Callable[[], AbstractContextManager[object]] = nullcontext
     """The numerical settings a whole step (forward and backward) runs under, e.g. TF32 matmuls
     on CUDA; the learners enter it around `outer_step` and `evaluate`."""

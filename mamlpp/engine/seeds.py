@@ -185,9 +185,12 @@ class SeedStack:
         mode: model.BNMode,
         stats: list[model.BatchNormStats] | None,
     ) -> Forward:
+        """`MetaLearner._forward` for the stacked seeds (the folded net only)."""
+        split = model.split_affine_sets(shared) if self.kernels.split_affine else shared
+
         def forward(fast: Mapping[str, Tensor], x: Any, step: int) -> Tensor:
             return model.forward_tasks(
-                fast, shared, self.running, x, step, self.spec, mode, stats, self.kernels
+                fast, split, self.running, x, step, self.spec, mode, stats, self.kernels
             )
 
         return forward

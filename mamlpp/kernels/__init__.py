@@ -40,6 +40,8 @@ class KernelOptions:
     TRITON_INTERPRET=1; not measured on a GPU yet: benchmarks/triton_bn_bench.py)."""
     channels_last: bool = False
     """Activations in the channels-last layout (benchmarking alternative)."""
+    split_affine_sets: bool = True
+    """CUDA: the batch-norm scale/shift sets split once per pass (`Kernels.split_affine`)."""
 
 
 DEFAULT = KernelOptions()
@@ -53,7 +55,10 @@ def choose(
 
     - CPU: max-pooling by gather; the first stage as a matmul with prepared patches when the
       network max-pools, else the first batch norm folded into the convolution.
-    - CUDA: the first batch norm folded for images up to `cuda.FOLD_FIRST_BATCH_NORM_MAX_SIDE`.
+    - CUDA: the first batch norm folded for images up to `cuda.FOLD_FIRST_BATCH_NORM_MAX_SIDE`;
+      the batch-norm scale/shift sets split once per pass (fewer kernels: a GPU iteration is
+      bound by its launches; on the CPU it would change the summation order of the README's
+      numbers for no measured gain).
     - anywhere else: the plain paths.
 
     The options' batch-norm kernel replaces torch's fused one in the stages that are not folded
@@ -82,6 +87,8 @@ def choose(
         )
     if options.batch_norm == "triton":
         kernels = replace(kernels, name=kernels.name + "+triton-bn", batch_norm=triton_batch_norm(device))
+    if options.split_affine_sets and device.type == "cuda":
+        kernels = replace(kernels, split_affine=True)
     if tf32_matmul and device.type == "cuda":
         kernels = replace(kernels, name=kernels.name + "+tf32", precision=cuda.tf32_matmuls)
     return kernels

@@ -24,7 +24,7 @@ from mamlpp.engine.model import (
     NetSpec,
     Params,
     activate_and_downsample,
-    bn_set,
+    affine_set,
     seed_count,
     seed_rows,
     task_average,
@@ -61,7 +61,7 @@ def batch_norm_as_affine(
     mean = (w @ patch_mean.unsqueeze(2)).squeeze(2) + bias  # [tasks, filters]
     var = ((w @ patch_covariance) * w).sum(2)  # biased, as batch norm normalises with
     a = min(step, spec.affine_sets - 1)
-    gamma, beta = bn_set(shared["bn0.weight"], a), bn_set(shared["bn0.bias"], a)
+    gamma, beta = affine_set(shared, "bn0.weight", a), affine_set(shared, "bn0.bias", a)
     seeds = seed_count(shared["bn0.weight"])
     if seeds is not None:  # [S, F] per seed -> [tasks, F]
         tasks = w.shape[0]
