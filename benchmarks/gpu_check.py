@@ -33,14 +33,20 @@ from mamlpp.presets import get_preset
 say = session_log("gpu_results.txt")
 
 
-def four_steps(graphed: bool, dtype: torch.dtype, tf32: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+def four_steps(
+    graphed: bool, dtype: torch.dtype, tf32: bool, tf32_matmul: bool = False,
+    capturable: bool | None = None,
+) -> tuple[list[float], dict[str, torch.Tensor]]:  # fmt: skip
     """Losses of 4 outer updates on fixed random Omniglot 20-way 1-shot batches, and the
-    parameters after them (same init: the config's seed)."""
+    parameters after them (same init: the config's seed). `tf32`: cuDNN's TF32 convolutions;
+    `tf32_matmul`: the config's TF32 matmuls; `capturable`: the graph's Adam (default: only
+    when `graphed`)."""
     torch.backends.cudnn.allow_tf32 = tf32
-    c = get_preset("omniglot_20way_1shot_mamlpp").config
+    c = replace(get_preset("omniglot_20way_1shot_mamlpp").config, tf32_matmul=tf32_matmul)
     gen = torch.Generator().manual_seed(1)
     batches = [random_batch(c, gen) for _ in range(4)]
-    learner = MetaLearner(c, device="cuda", dtype=dtype, capturable=graphed)
+    capturable = graphed if capturable is None else capturable
+    learner = MetaLearner(c, device="cuda", dtype=dtype, capturable=capturable)
     step = GraphedTrainStep(learner) if graphed else learner.train_step
     losses = [step(b, 0).loss for b in batches]
     torch.backends.cudnn.allow_tf32 = True

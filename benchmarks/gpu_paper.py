@@ -41,6 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from gpu_check import compare, four_steps
 from gpu_session import OUT, run_parts, session_log
 
 from mamlpp.bench import SHAPES, format_rows, random_batch, run_benchmark, time_calls
@@ -81,19 +82,12 @@ def exactness() -> None:
     """float64, Omniglot 20-way 1-shot MAML++, 4 updates on fixed random batches: the graph
     replay against the eager step with the same (capturable) Adam, for one seed
     (`GraphedTrainStep`) and for three seeds per step (`GraphedSeedStep`). Exact means ~1e-15."""
+    eager = four_steps(False, torch.float64, True, capturable=True)
+    compare("one seed, float64, graph vs eager (capturable Adam both)",
+            four_steps(True, torch.float64, True), eager)  # fmt: skip
+
     c = get_preset("omniglot_20way_1shot_mamlpp").config
     gen = torch.Generator().manual_seed(1)
-    batches = [random_batch(c, gen) for _ in range(4)]
-    finals = {}
-    for graphed in (False, True):
-        learner = MetaLearner(c, "cuda", torch.float64, capturable=True)
-        step = GraphedTrainStep(learner) if graphed else learner.train_step
-        losses = [step(b, 0).loss for b in batches]
-        finals[graphed] = (losses, {k: v.detach() for k, v in learner.meta_parameters().items()})
-    loss_gap = max(abs(x - y) for x, y in zip(finals[True][0], finals[False][0], strict=True))
-    say(f"[exact] one seed, float64, graph vs eager (capturable Adam both): max |loss gap| "
-        f"{loss_gap:.1e}, max |parameter gap| after 4 updates {_max_gap(finals[True][1], finals[False][1]):.1e}")  # fmt: skip
-
     configs = [replace(c, seed=s) for s in range(3)]
     seed_batches: list[TaskBatch] = [random_batch(c, gen) for _ in range(3 * 4)]
     stacks = {}
@@ -182,29 +176,13 @@ def triton_batch_norm() -> None:
 
 def tf32_effect() -> None:
     """TF32 matmuls' numerical effect next to TF32 convolutions' (torch's default): float32
-    losses of 4 graphed updates against float64, Omniglot 20-way 1-shot."""
-    c = get_preset("omniglot_20way_1shot_mamlpp").config
-    gen = torch.Generator().manual_seed(2)
-    batches = [random_batch(c, gen) for _ in range(4)]
-
-    def losses(config: Config, dtype: torch.dtype, conv_tf32: bool = True) -> list[float]:
-        torch.backends.cudnn.allow_tf32 = conv_tf32
-        try:
-            learner = MetaLearner(config, "cuda", dtype, capturable=True)
-            step = GraphedTrainStep(learner)
-            return [step(b, 0).loss for b in batches]
-        finally:
-            torch.backends.cudnn.allow_tf32 = True
-
-    reference = losses(c, torch.float64)
-    cases = {
-        "float32, no TF32": losses(c, torch.float32, conv_tf32=False),
-        "float32, TF32 convolutions (default)": losses(c, torch.float32),
-        "float32, TF32 convolutions and matmuls": losses(replace(c, tf32_matmul=True), torch.float32),
-    }
-    for name, values in cases.items():
-        gap = max(abs(x - y) / abs(y) for x, y in zip(values, reference, strict=True))
-        say(f"[tf32] {name}: max relative loss gap to float64 over 4 updates {gap:.1e}")
+    losses and parameters of 4 graphed updates against float64, Omniglot 20-way 1-shot."""
+    reference = four_steps(True, torch.float64, True)
+    compare("TF32 effect: float32, no TF32, vs float64", four_steps(True, torch.float32, False), reference)
+    compare("TF32 effect: float32, TF32 convolutions (default), vs float64",
+            four_steps(True, torch.float32, True), reference)  # fmt: skip
+    compare("TF32 effect: float32, TF32 convolutions and matmuls, vs float64",
+            four_steps(True, torch.float32, True, tf32_matmul=True), reference)  # fmt: skip
 
 
 # ---------------------------------------------------------------------- the paper-scale run
