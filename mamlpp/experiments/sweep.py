@@ -244,8 +244,8 @@ class Launch:
     argv: list[str]
     log: Path | None
     returncode: int | None = None
+    """None: not started (or not ended)."""
     seconds: float = 0.0
-    started: bool = False
 
 
 class _Runner:
@@ -278,7 +278,6 @@ class _Runner:
             log_note = f", log {launch.log}" if launch.log else ""
             click.echo(f"{tag} start {launch.name}{where}{log_note}")
             start = time.monotonic()
-            launch.started = True
             launch.returncode = self._call(launch, {**os.environ, **env})
             launch.seconds = time.monotonic() - start
             status = {0: "done", TIME_LIMIT_EXIT: "stopped at the time limit"}.get(
@@ -423,9 +422,7 @@ def run_sweep(
             "interrupted; the unfinished runs resume when you run the same command again"
         ) from None
 
-    stopped = [
-        launch for launch in launches if not launch.started or launch.returncode == TIME_LIMIT_EXIT
-    ]
+    stopped = [launch for launch in launches if launch.returncode in (None, TIME_LIMIT_EXIT)]
     failed = [
         launch
         for launch, group in zip(launches, groups, strict=True)
