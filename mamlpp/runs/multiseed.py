@@ -42,7 +42,6 @@ from mamlpp.runs.trainer import (
     RunOptions,
     Sampler,
     default_episodes,
-    earlier_epoch_seconds,
     epoch_row,
     iterate_epoch,
     open_mirror,
@@ -139,9 +138,7 @@ def _train_together(
     mirrors: list[WandbMirror] = []
     epochs = config.schedule.epochs
     completed = next_epoch
-    pace = Pace(config, earlier_s=earlier_epoch_seconds(run_dirs[0], next_epoch))
-    if options.deadline is not None:
-        pace.start = options.deadline.start
+    pace = Pace.of_run(config, run_dirs[0], next_epoch, options.deadline)
     try:
         for c, run_dir, run in zip(configs, run_dirs, runs, strict=True):
             mirrors.append(open_mirror(run_dir, c, run, options.wandb))
@@ -154,12 +151,11 @@ def _train_together(
                 )
                 train_seconds = time.perf_counter() - start
                 rows: list[tuple[dict[str, Any], bool, MetaLearner]] = []
-                val_results = validate_seeds(stack, val, config)
-                for s, run_dir in enumerate(run_dirs):
-                    learner = stack.learner(s)
-                    val_result = val_results[s]
+                learners = [stack.learner(s) for s in range(len(run_dirs))]
+                val_results = validate_seeds(stack, val, config, learners=learners)
+                for s, (run_dir, learner) in enumerate(zip(run_dirs, learners, strict=True)):
                     row = epoch_row(
-                        epoch, learner, means[s], val_result, time.perf_counter() - start,
+                        epoch, learner, means[s], val_results[s], time.perf_counter() - start,
                         train_seconds, len(iterations[s]),
                     )  # fmt: skip
                     rows.append((row, finish_epoch(run_dir, learner, row, iterations[s], top_ks[s]), learner))

@@ -176,14 +176,17 @@ def validate(learner: MetaLearner, sampler: Sampler, config: Config) -> tuple[fl
 
 
 def validate_seeds(
-    stack: SeedStack, sampler: Sampler, config: Config, fold: bool | None = None
-) -> list[tuple[float, float]]:
+    stack: SeedStack, sampler: Sampler, config: Config, fold: bool | None = None,
+    learners: Sequence[MetaLearner] | None = None,
+) -> list[tuple[float, float]]:  # fmt: skip
     """`validate` of every seed of `stack`, in seed order. Folded (`fold`; None: by device,
     `seeds.folds_evaluation`): one folded pass per chunk, the chunk given to every seed
-    (`SeedStack.evaluate_shared`); else `validate` of each seed's `stack.learner(s)`.
-    tests/test_multiseed.py compares the two."""
+    (`SeedStack.evaluate_shared`); else `validate` of each seed's learner (`learners` when the
+    caller holds them already, else `stack.learner(s)`). tests/test_multiseed.py compares the
+    two."""
     if not (folds_evaluation(config, stack.device) if fold is None else fold):
-        return [validate(stack.learner(s), sampler, config) for s in range(stack.seeds)]
+        singles = learners or [stack.learner(s) for s in range(stack.seeds)]
+        return [validate(learner, sampler, config) for learner in singles]
     return _validation_means(stack.evaluate_shared, sampler, config, stack.device)
 
 
@@ -312,12 +315,17 @@ class Pace:
         return self.epoch() if epochs_left > 0 else self.test()
 
 
-def earlier_epoch_seconds(run_dir: RunDirectory, next_epoch: int) -> float:
-    """The epoch times metrics.jsonl holds for the epochs before `next_epoch`."""
-    if next_epoch == 0:
-        return 0.0
-    rows = run_dir.read_metrics()
-    return sum(float(r.get("time/epoch_s", 0.0)) for r in rows if r["epoch"] < next_epoch)
+    @classmethod
+    def of_run(
+        cls, config: Config, run_dir: RunDirectory, next_epoch: int, deadline: Deadline | None
+    ) -> Pace:
+        """The pace of a run resumed at `next_epoch`: counted from the command's deadline's
+        start when it has one (start-up included), with the epoch times metrics.jsonl holds for
+        the epochs before `next_epoch`."""
+        rows = run_dir.read_metrics() if next_epoch > 0 else []
+        earlier = sum(float(r.get("time/epoch_s", 0.0)) for r in rows if r["epoch"] < next_epoch)
+        start = deadline.start if deadline is not None else time.monotonic()
+        return cls(config, start=start, earlier_s=earlier)
 
 
 # ---------------------------------------------------------------------- the run
@@ -397,9 +405,7 @@ def train_run(
     mirror = open_mirror(run_dir, config, run, options.wandb)
     options.log(schedule_line(config, options.device))
     epochs = config.schedule.epochs
-    pace = Pace(config, earlier_s=earlier_epoch_seconds(run_dir, next_epoch))
-    if options.deadline is not None:
-        pace.start = options.deadline.start
+    pace = Pace.of_run(config, run_dir, next_epoch, options.deadline)
     completed = next_epoch
     try:
         with stop_on_signals(options.stop_on_signals, options.deadline) as stop:
