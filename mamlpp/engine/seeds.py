@@ -457,10 +457,10 @@ def folds_evaluation(config: Config, device: str | torch.device) -> bool:
     set: on CUDA, where an evaluation chunk of a few tasks is bound by kernel launches and
     latency, so that S sets folded into each kernel cost little more than one (as for training,
     module docstring). Not on the CPU: there the per-set path runs its tasks in groups on
-    threads (`task_threads`), which the folded pass does not (it measured slower on the 2-core
-    CPU: 5 ensemble members on chunks of 8 Omniglot 1-shot tasks, 5- and 20-way), and folding
-    changes the results' rounding (README's CPU numbers are the per-set path's). Only the
-    folded engine folds."""
+    threads (`task_threads`), which the folded pass does not, and is the faster one
+    (benchmarks/RESULTS.md, appendix, 2026-11-29 sixth session), and folding changes the
+    results' rounding (README's CPU numbers are the per-set path's). Only the folded engine
+    folds."""
     return torch.device(device).type == "cuda" and choose_engine(config) == "folded"
 
 
