@@ -118,7 +118,6 @@ class MetaLearner:
         self.engine = choose_engine(config)
         self.kernel_options = kernel_options
         self.kernels = kernels.choose(self.device, self.spec, kernel_options, config.tf32_matmul)
-        self.task_threads = kernel_options.task_threads
         self.params, self.rates, self.running = initial_state(config, self.device, dtype)
         self.optimizer = meta_optimizer(self.meta_parameters(), config, capturable)
 
@@ -307,7 +306,7 @@ class MetaLearner:
 
     def _task_groups(self, batch: TaskBatch) -> list[slice]:
         """The groups of `batch`'s tasks that run side by side (`task_threads.task_groups`)."""
-        if not self.task_threads:
+        if not self.kernel_options.task_threads:
             return [slice(0, batch.num_tasks)]
         return task_threads.task_groups_for(batch, self.spec.filters, self.dtype, self.device)
 
