@@ -1,8 +1,9 @@
 """Run configuration: frozen, nested dataclasses, one explicit field per MAML++ component.
 
-A config is built from a preset (``mamlpp.presets``), optionally changed with strict
-``key=value`` overrides (``apply_overrides``), then shrunk or left alone by a scale
-(``apply_scale``). ``Config.to_dict`` / ``Config.from_dict`` round-trip through JSON: the run
+A config is built from a preset (``mamlpp.presets``), shrunk or left alone by a scale
+(``apply_scale``), then optionally changed with strict ``key=value`` overrides
+(``apply_overrides``, which applies a ``fidelity=...`` override first: ``apply_fidelity``); the
+order is `mamlpp.runs.resolve.resolve_config`'s. ``Config.to_dict`` / ``Config.from_dict`` round-trip through JSON: the run
 directory's ``config.json`` is exactly ``to_dict()`` of the resolved config.
 
 Every field's docstring is the attribute docstring beneath it.
