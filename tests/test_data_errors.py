@@ -63,7 +63,12 @@ def test_missing_root(tmp_path: Path) -> None:
 
 
 def test_root_with_wrong_layout(tmp_path: Path) -> None:
-    assert_user_error(cli("data", "check", "omniglot", "--root", str(tmp_path)), "no omniglot/ folder")
+    # a missing dataset names the command that fetches it (docs/data.md)
+    assert_user_error(
+        cli("data", "check", "omniglot", "--root", str(tmp_path)),
+        "no omniglot/ folder",
+        "mamlpp data prepare omniglot --download",
+    )
     (tmp_path / "omniglot").mkdir()
     assert_user_error(cli("data", "prepare", "omniglot", "--root", str(tmp_path)), "images_background.zip", "--download")
     (tmp_path / "miniimagenet").mkdir()

@@ -35,8 +35,8 @@ def dataset_dir(
     """The dataset's own folder: `<root>/<name>`, or `root` itself when it already is that folder
     (when `looks_like_dataset(root)` says it holds the dataset's files)."""
     base = resolve_data_root(root)
+    download = " (or run `mamlpp data prepare omniglot --download`)" if name == "omniglot" else ""
     if not base.exists():
-        download = " (or run `mamlpp data prepare omniglot --download`)" if name == "omniglot" else ""
         raise DataError(
             f"data root {base} does not exist; pass --data-root PATH or set {DATA_ENV} to the "
             f"folder that holds {name}/{download}"
@@ -49,5 +49,5 @@ def dataset_dir(
         return base
     raise DataError(
         f"no {name}/ folder in data root {base}; put the dataset in {base / name} "
-        f"or point --data-root / {DATA_ENV} at the folder that holds {name}/"
+        f"or point --data-root / {DATA_ENV} at the folder that holds {name}/{download}"
     )
