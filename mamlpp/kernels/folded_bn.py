@@ -96,8 +96,9 @@ def conv_with_batch_norm(
 ) -> Tensor:
     """conv0 then batch norm with batch statistics as ONE grouped convolution of the folded
     images: bn(conv(x, w, b)) = conv(x, scale * w, shift) (`batch_norm_as_affine`); equals
-    conv2d + `model.batch_norm` up to rounding (tests/test_kernels.py). Returns the stage's
-    output before activation and downsampling (`first_stage` adds them)."""
+    conv2d + `model.batch_norm` up to rounding (tests/test_engine.py: the folded engine with
+    strided convolutions, where `choose` folds it on the CPU, against the per-task loop).
+    Returns the stage's output before activation and downsampling (`first_stage` adds them)."""
     tasks, filters = weight.shape[:2]
     stride = 2 if spec.downsample == "stride" else 1
     patches = F.unfold(x.folded, 3, padding=1, stride=stride)
