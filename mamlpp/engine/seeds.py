@@ -1,7 +1,8 @@
 """Several seeds of one configuration trained as one folded step: `SeedStack`.
 
-On a GPU one outer iteration of a 20-way meta-batch is bound by kernel launches and latency, so
-folding more tasks into each kernel raises the throughput per task (issue 15). `SeedStack`
+On a GPU one outer iteration of a 20-way meta-batch is bound by kernel launches and latency
+(benchmarks/RESULTS.md#gpu), so folding more tasks into each kernel raises the throughput per
+task (measured by benchmarks/seeds_throughput.py and benchmarks/gpu_paper.py). `SeedStack`
 trains S runs that differ only in their seed (initial weights, episodes) with the folded engine
 over all S x B tasks at once, while every seed keeps its own meta-parameters, Adam moments,
 running statistics, losses and gradient statistics.

@@ -118,8 +118,8 @@ def seed_groups(sweep: Sweep, points: list[GridPoint], together: bool) -> list[l
     """The launches: every point alone, or (`together`) the points of one preset whose runs
     stand at the same epoch as one ``mamlpp train --seed A --seed B ...`` (its seeds trained as
     one folded step: faster per task on a GPU, where one meta-batch leaves the card waiting on
-    kernel launches; issue 15). Seeds at different epochs cannot resume together, so they
-    form separate launches."""
+    kernel launches: `mamlpp.engine.seeds`). Seeds at different epochs cannot resume together,
+    so they form separate launches."""
     if not together:
         return [[p] for p in points]
     groups: dict[tuple[str, int | str], list[GridPoint]] = {}
