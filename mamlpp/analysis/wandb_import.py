@@ -4,7 +4,7 @@
 the run-directory format (docs/run-directory.md), from the run's config, its full history
 (``scan_history``) and its summary:
 
-* ``config.json``: from the W&B config as ``mamlpp.trainer`` sends it
+* ``config.json``: from the W&B config as ``mamlpp.runs.trainer`` sends it (``open_mirror``)
   (``{**Config.to_dict(), "run": {...}}``); the ``{"config", "run"}`` layout of ``config.json``
   and a bare ``Config.to_dict()`` (identity from its ``preset``/``seed``/``scale`` fields and the
   W&B run name) are accepted too.
