@@ -1,6 +1,8 @@
-"""The package's layers, read from the source: no module imports one that imports it back, the
-engine, data and runs never import analysis or experiments, the model never imports a kernel,
-and nothing test-only ships in the package. Every import counts, also those inside functions."""
+"""The package's layers, read from the source: no module imports one that imports it back,
+every module imports only its own room and the rooms before it (README.md's layout: config ->
+data -> engine + kernels -> runs -> experiments -> analysis, the CLI on top), the model never
+imports a kernel, analysis never imports experiments, and nothing test-only ships in the
+package. Every import counts, also those inside functions."""
 
 from __future__ import annotations
 
@@ -103,6 +105,47 @@ def test_lower_layers_do_not_import_upper_ones() -> None:
         if target.startswith(upper)
     ]
     assert bad == []
+
+
+# The rooms of README.md's layout, in import order: a module imports only its own room and the
+# rooms before it.
+ROOMS: list[tuple[str, ...]] = [
+    ("mamlpp", "mamlpp.config", "mamlpp.presets", "mamlpp.errors"),
+    ("mamlpp.data",),
+    ("mamlpp.engine", "mamlpp.kernels"),
+    ("mamlpp.runs",),
+    ("mamlpp.experiments",),
+    ("mamlpp.analysis",),
+    ("mamlpp.cli", "mamlpp.bench"),
+]
+
+
+def _room(module: str) -> int:
+    """Index in ROOMS of the longest prefix naming `module` or a package above it."""
+    matches = [
+        (len(prefix), i)
+        for i, room in enumerate(ROOMS)
+        for prefix in room
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    assert matches, f"{module} is in no room of README.md's layout"
+    return max(matches)[1]
+
+
+def test_each_room_imports_only_itself_and_earlier_rooms() -> None:
+    bad = [
+        (module, target)
+        for module, targets in _import_graph().items()
+        for target in targets
+        if _room(target) > _room(module)
+    ]
+    assert bad == []
+
+
+def test_the_room_check_sees_an_upward_import() -> None:
+    assert _room("mamlpp.data.episodes") > _room("mamlpp.presets")
+    assert _room("mamlpp.experiments.sweep") < _room("mamlpp.analysis.report")
+    assert _room("mamlpp.kernels.cpu") == _room("mamlpp.engine.model")
 
 
 def test_the_model_imports_no_kernel_and_analysis_no_experiment_runner() -> None:
