@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,13 +21,16 @@ _DATA_ROOT = click.option(
     default=None,
     help="Folder holding omniglot/ and miniimagenet/ (default: $MAMLPP_DATA, else ./data).",
 )
-_DEVICE = click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where to train: auto picks a CUDA GPU when one is visible.",
-)
+
+
+def _device(what: str) -> Any:
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help=f"Where to {what}: auto picks a CUDA GPU when one is visible.",
+    )
 
 
 def format_result(result: dict[str, float]) -> str:
@@ -77,7 +81,7 @@ def format_result(result: dict[str, float]) -> str:
     default=None,
     help="W&B mirror (default: $WANDB_MODE, else offline; no account needed offline).",
 )
-@_DEVICE
+@_device("train")
 @click.option("--no-progress", is_flag=True, help="No progress bar (epoch summaries stay).")
 @time_limit_option(
     "Stop cleanly before an epoch (or the test) that would end after this many minutes "
@@ -214,7 +218,7 @@ def _pairs(overrides: tuple[str, ...]) -> list[tuple[str, str]]:
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @_DATA_ROOT
-@_DEVICE
+@_device("score the ensemble")
 def test(run_dir: Path, data_root: Path | None, device: str) -> None:
     """Score the ensemble of a run's best checkpoints on the test tasks (writes test.json when
     the run has finished training).
