@@ -2,7 +2,7 @@
 
 Layout of ``<out>``::
 
-    index.html          the tables (each cell linked to its runs), then per preset every per-epoch
+    index.html          the tables (each row linked to its runs), then per preset every per-epoch
                         curve of every seed (accuracy, loss, meta lr, MSL weights, gradient
                         statistics, learned inner lrs with the epoch slider) and Figure 2,
                         interactive (plotly), with a short text and the producing command per item
