@@ -432,7 +432,8 @@ def overrides_dict(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
 # ---------------------------------------------------------------- scales
 
 # 15 x 60 = 900 iterations: the fewest measured to bring the README's main job (Omniglot 5-way
-# 1-shot MAML++, seed 0) to 95% on the 600 test tasks (benchmarks/RESULTS.md#cpu).
+# 1-shot MAML++, seed 0) to 95% on the 600 test tasks (benchmarks/RESULTS.md#cpu, the demo; 10
+# epochs fall short: RESULTS.md, "The smoke scale grows to 15 epochs").
 SMOKE_EPOCHS = 15
 SMOKE_ITERATIONS = 60
 SMOKE_VAL_TASKS = 40
