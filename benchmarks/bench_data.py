@@ -1,5 +1,5 @@
-"""Sampling cost on one CPU core: the device sampler against the host sampler it replaced (a
-benchmark, not a test).
+"""Sampling cost on one CPU core: the device sampler against a host sampler (a benchmark, not a
+test).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_data.py [--data-root /path/to/data] [--seconds 3]
 

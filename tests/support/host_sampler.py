@@ -1,8 +1,7 @@
-"""The host sampler the device sampler replaced, kept as an independent reference.
+"""A host sampler: an independent reference for the device sampler (`EpisodeSampler.batch`).
 
-`host_batch(sampler, indices)` is what `EpisodeSampler.batch` returned before the images moved to
-the sampler's device: each episode planned alone by `sampler.episode(i)`, the pixels gathered with
-numpy from the split (or from numpy-rotated copies of it), converted to float on the CPU with the
+`host_batch(sampler, indices)` computes the same `TaskBatch` on the host, the plain way: each
+episode planned alone by `sampler.episode(i)`, the pixels gathered with numpy from the split (or from numpy-rotated copies of it), converted to float on the CPU with the
 float conversions below. tests/test_data_device.py checks the device sampler against it bit for
 bit; benchmarks/bench_data.py times both.
 """
