@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -259,6 +260,8 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         return tuple(_check_type(key, v, a) for v, a in zip(value, args, strict=True))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={_spell_json(value)} is out of range; it must be a finite number")
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{key} needs true or false, got {value!r}")
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):

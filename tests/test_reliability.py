@@ -189,6 +189,9 @@ def test_a_second_command_on_a_held_run_refuses_and_the_sweep_skips_it(tmp_path:
         ("outer.min_lr=0.1", "outer.min_lr=0.1 is out of range; it must be at most outer.lr"),
         ("schedule.ensemble_top_k=0", "schedule.ensemble_top_k=0 is out of range"),
         ("seed=5", "--set seed=... is not allowed; use --seed"),
+        ("inner.lr=1e999", "inner.lr=Infinity is out of range; it must be a finite number"),
+        ("outer.lr=NaN", "outer.lr=NaN is out of range; it must be a finite number"),
+        ("outer.betas=[0.9,Infinity]", "outer.betas=Infinity is out of range; it must be a finite"),
     ],
 )
 def test_out_of_range_values_are_refused_before_anything_is_written(
