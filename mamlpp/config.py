@@ -292,7 +292,21 @@ def _unit_interval(open_top: bool) -> Any:
     return (lambda v: 0 <= v <= 1), "in [0, 1]"
 
 
+def _seed(optional: bool) -> Any:
+    """torch's seed range (`torch.manual_seed` refuses the rest with an overflow error)."""
+    low, high = -(2**63), 2**64 - 1
+    check = (lambda v: v is None or low <= v <= high) if optional else (lambda v: low <= v <= high)
+    return check, "from -2**63 to 2**64-1 (torch's seed range)" + (
+        ", or null (= the run seed)" if optional else ""
+    )
+
+
 RANGES: dict[str, tuple[Any, str]] = {
+    "seed": _seed(optional=False),
+    "data.train_seed": _seed(optional=True),
+    "data.val_seed": _seed(optional=False),
+    "data.test_seed": _seed(optional=False),
+    "model.init_seed": _seed(optional=True),
     "data.n_way": ((lambda v: v >= 2), "at least 2 (one class makes every task trivially right)"),
     "data.k_shot": _at_least(1),
     "data.target_per_class": _at_least(1),

@@ -192,6 +192,8 @@ def test_a_second_command_on_a_held_run_refuses_and_the_sweep_skips_it(tmp_path:
         ("inner.lr=1e999", "inner.lr=Infinity is out of range; it must be a finite number"),
         ("outer.lr=NaN", "outer.lr=NaN is out of range; it must be a finite number"),
         ("outer.betas=[0.9,Infinity]", "outer.betas=Infinity is out of range; it must be a finite"),
+        ("data.val_seed=18446744073709551616", "data.val_seed=18446744073709551616 is out of range"),
+        ("model.init_seed=-9223372036854775809", "model.init_seed=-9223372036854775809 is out"),
     ],
 )
 def test_out_of_range_values_are_refused_before_anything_is_written(
@@ -199,6 +201,17 @@ def test_out_of_range_values_are_refused_before_anything_is_written(
 ) -> None:
     assert_one_line_error(cli(*_train_args(tmp_path / "runs", "--set", override)), words)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("seed", [str(2**64), str(-(2**63) - 1)])
+def test_a_seed_outside_torchs_range_is_refused_before_anything_is_written(
+    tmp_path: Path, seed: str
+) -> None:
+    args = _train_args(tmp_path / "runs")
+    args[args.index("--seed") + 1] = seed
+    assert_one_line_error(cli(*args), f"seed={seed} is out of range", "torch's seed range")
+    assert not (tmp_path / "runs").exists()
+    resolve_config(PRESET, [], -1, "smoke")  # negative seeds inside the range are fine
 
 
 def test_the_stage_limit_follows_the_model() -> None:
