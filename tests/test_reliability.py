@@ -189,6 +189,8 @@ def test_a_second_command_on_a_held_run_refuses_and_the_sweep_skips_it(tmp_path:
         ("outer.min_lr=0.1", "outer.min_lr=0.1 is out of range; it must be at most outer.lr"),
         ("schedule.ensemble_top_k=0", "schedule.ensemble_top_k=0 is out of range"),
         ("seed=5", "--set seed=... is not allowed; use --seed"),
+        ("preset=foo", "--set preset=... is not allowed; use --preset (given: --preset omniglot_"),
+        ("scale=custom", "--set scale=... is not allowed; use --scale (given: --scale smoke)"),
         ("inner.lr=1e999", "inner.lr=Infinity is out of range; it must be a finite number"),
         ("outer.lr=NaN", "outer.lr=NaN is out of range; it must be a finite number"),
         ("outer.betas=[0.9,Infinity]", "outer.betas=Infinity is out of range; it must be a finite"),

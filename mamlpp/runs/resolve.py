@@ -57,8 +57,14 @@ def resolve_config(preset: str, overrides: Sequence[str], seed: int, scale: str)
     name (`run_name`): runs of the two fidelities never share a directory."""
     config = apply_scale(get_preset(preset).config, scale)
     config = apply_overrides(config, list(overrides))
-    if "seed" in overrides_dict(list(overrides)):
+    given = overrides_dict(list(overrides))
+    if "seed" in given:
         raise ConfigError(f"--set seed=... is not allowed; use --seed (given: --seed {seed})")
+    for key, value in (("preset", preset), ("scale", scale)):
+        if key in given:  # they name the run directory: a --set would make it lie
+            raise ConfigError(
+                f"--set {key}=... is not allowed; use --{key} (given: --{key} {value})"
+            )
     return check_schedule(replace(config, seed=seed))
 
 
