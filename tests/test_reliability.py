@@ -456,8 +456,9 @@ def test_a_time_limit_that_has_passed_stops_before_the_first_iteration(tmp_path:
     assert _only_run(runs).read_metrics() == []
 
 
-def test_the_time_limit_is_refused_unless_positive(tmp_path: Path) -> None:
-    result = cli(*_train_args(tmp_path / "runs", "--time-limit", "0"))
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan"])
+def test_the_time_limit_is_refused_unless_positive(tmp_path: Path, minutes: str) -> None:
+    result = cli(*_train_args(tmp_path / "runs", "--time-limit", minutes))
     assert result.exit_code == 2 and "--time-limit" in result.output
     assert not (tmp_path / "runs").exists()
 

@@ -6,6 +6,7 @@ message the CLI prints. Light on purpose (no torch): the sweep imports it."""
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -170,5 +171,14 @@ def time_limit_option(help: str) -> Callable[[Any], Any]:
         type=click.FloatRange(min=0.0, min_open=True),
         default=None,
         metavar="MINUTES",
+        callback=_not_nan,
         help=help,
     )
+
+
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """FloatRange lets NaN through (every comparison with it is false): a run would then ignore
+    its limit until its first epoch ended, and stop there."""
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("nan is not a number of minutes; give a positive number, e.g. 9")
+    return value
