@@ -502,6 +502,8 @@ def test_binary_garbage_at_the_end_of_metrics_is_a_torn_line(
         (b'{"name": "some other tool"', "config.json is unreadable (JSONDecodeError)"),
         (b'{"name": "some other tool"}', "is not a mamlpp run directory (its config.json has no config"),
         (b'{"config": {"lr": 1}, "run": {}}', "does not hold a mamlpp config (unknown config key(s) ['lr']"),
+        (b'{"config": {"inner": {"eval_steps": 0}}, "run": {}}',
+         "does not hold a mamlpp config (inner.eval_steps=0 is out of range"),
     ],
 )
 def test_mamlpp_test_recognises_a_folder_that_is_not_a_run(

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from mamlpp.config import Config, ConfigError
+from mamlpp.config import validate as validate_config
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine import cuda_graph
 from mamlpp.engine.learner import EvalResult, MetaLearner, StepResult
@@ -480,7 +481,7 @@ def test_existing_run(path: Path | str, options: RunOptions) -> tuple[dict[str, 
     run_dir = RunDirectory(path)
     stored = run_dir.read_config()["config"]
     try:
-        config = Config.from_dict(stored)
+        config = validate_config(Config.from_dict(stored))  # a hand-edited value out of range too
     except ConfigError as e:
         raise RunDirectoryError(
             f"{run_dir.config_path} does not hold a mamlpp config ({e}); pass the folder that "
