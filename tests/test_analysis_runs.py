@@ -128,6 +128,15 @@ def test_missing_or_empty_runs_dir_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "broken" / "config.json").write_text("{}")
     with pytest.raises(RunsError, match="lacks the 'config' and 'run' sections"):
         load_runs(tmp_path)
+    # sections of the wrong JSON type: the same kind of one-line error, not an AttributeError
+    for doc, bad in [
+        ({"config": None, "run": {}}, "config"),
+        ({"config": {}, "run": []}, "run"),
+        ({"config": {"data": "x"}, "run": {}}, "config.data"),
+    ]:
+        (tmp_path / "broken" / "config.json").write_text(json.dumps(doc))
+        with pytest.raises(RunsError, match=rf"config.json: {bad} must be a JSON object"):
+            load_runs(tmp_path)
 
 
 def test_a_real_tiny_training_run_is_read_as_the_contract_says(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ from mamlpp.errors import MamlppError
 ID_COLUMNS = ["run", "preset", "variant", "seed", "scale"]
 _LSLR_KEY = re.compile(r"^lslr/(?P<param>.+)/step(?P<step>\d+)$")
 _GRAD_KEY = re.compile(r"^grad/(?P<param>.+)/(?P<stat>max|min|mean|norm)$")
+_CONFIG_SECTIONS = ("data", "model", "inner", "bn", "outer", "schedule")
+"""The nested sections of a config.json's config (`mamlpp.config.Config`'s dataclass fields)."""
 
 
 class RunsError(MamlppError):
@@ -124,6 +126,14 @@ def load_run(path: Path) -> Run:
             "format (docs/run-directory.md); was it written by `mamlpp train`?"
         )
     info, config = doc["run"], doc["config"]
+    bad = [k for k in ("config", "run") if not isinstance(doc[k], dict)] or [
+        f"config.{k}" for k in _CONFIG_SECTIONS if not isinstance(config.get(k, {}), dict)
+    ]
+    if bad:
+        raise RunsError(
+            f"{path / 'config.json'}: {', '.join(bad)} must be a JSON object (docs/run-directory.md); "
+            "was it written by `mamlpp train`?"
+        )
     test_path = path / "test.json"
     return Run(
         path=path,
