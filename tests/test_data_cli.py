@@ -49,3 +49,36 @@ def test_download_fetches_the_official_zips_with_md5(tmp_path: Path, monkeypatch
 def test_miniimagenet_has_no_download(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["data", "prepare", "miniimagenet", "--root", str(tmp_path), "--download"])
     assert result.exit_code == 2 and "no official download" in result.stderr
+
+
+
+def test_a_root_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    for root in (tmp_path / "a-file", tmp_path / "a-file" / "data"):
+        args = ["data", "prepare", "omniglot", "--root", str(root), "--download"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"error: cannot create {root / 'omniglot'} (")
+        assert "pass a writable --root" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError("<urlopen error [Errno -2] Name or service not known>"),
+        RuntimeError("File not found or corrupted."),
+    ],
+)
+def test_a_failed_download_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", fail)
+    args = ["data", "prepare", "omniglot", "--root", str(tmp_path), "--download"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot download https://") and str(failure) in line, line
+    assert f"put the official zips in {tmp_path / 'omniglot'} yourself" in line

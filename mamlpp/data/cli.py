@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from mamlpp.data.cache import SPLITS, ImageSets, cache_dir, load_cache
-from mamlpp.data.paths import DATA_ENV, resolve_data_root
+from mamlpp.data.paths import DATA_ENV
 from mamlpp.errors import DataError
 
 DATASETS = click.Choice(["omniglot", "miniimagenet"])
@@ -116,7 +116,6 @@ def prepare(dataset: str, root: str | None, download: bool, rebuild: bool) -> No
         from mamlpp.data import omniglot
 
         if download:
-            resolve_data_root(root).mkdir(parents=True, exist_ok=True)
             omniglot.download(root)
         sets, folder = omniglot.load(root, rebuild=rebuild)
     else:

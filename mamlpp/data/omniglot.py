@@ -180,7 +180,20 @@ def download(root: str | Path | None) -> Path:
     from mamlpp.data.paths import resolve_data_root
 
     folder = resolve_data_root(root) / "omniglot"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"cannot create {folder} ({e.strerror or e}); pass a writable --root"
+        ) from None
     for part in PARTS:
         if _part_source(folder, part) is None:
-            download_url(f"{URL}/{part}.zip", str(folder), f"{part}.zip", MD5[part])
+            try:
+                download_url(f"{URL}/{part}.zip", str(folder), f"{part}.zip", MD5[part])
+            # URLError (no network) is an OSError; torchvision's failed md5 check a RuntimeError
+            except (OSError, RuntimeError) as e:
+                raise DataError(
+                    f"cannot download {URL}/{part}.zip ({e}); check the network, or put the "
+                    f"official zips in {folder} yourself"
+                ) from None
     return folder
