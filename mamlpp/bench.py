@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import click
 import torch
 
-from mamlpp.config import Config, apply_overrides
+from mamlpp.config import Config, apply_overrides, validate
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine.learner import MetaLearner
 from mamlpp.engine.model import NetSpec, conv_flops_per_image
@@ -135,9 +135,12 @@ def run_benchmark(
 ) -> list[BenchRow]:  # fmt: skip
     """One row per (shape, device, engine); `overrides`: `--set` values applied to every
     shape's preset; `seeds`: seeds per folded step (`time_engine`)."""
+    # every shape's config checked (ranges too) before the first row is timed
+    configs = {
+        s: validate(apply_overrides(get_preset(SHAPES[s]).config, list(overrides))) for s in shapes
+    }
     rows = []
-    for shape in shapes:
-        config = apply_overrides(get_preset(SHAPES[shape]).config, list(overrides))
+    for shape, config in configs.items():
         for device in devices:
             for engine in engines:
                 graphed = engine == "folded+graph"

@@ -24,3 +24,16 @@ def test_bench_refuses_an_unknown_key_in_one_line() -> None:
     result = CliRunner().invoke(main, ["bench", "--set", "model.filter=4"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "unknown config key 'model.filter'" in result.output
+
+
+def test_bench_refuses_an_out_of_range_value_before_timing_anything() -> None:
+    args = ["bench", "--device", "cpu", "--set", "inner.steps=0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr == "error: inner.steps=0 is out of range; it must be at least 1\n"
+    # valid for mini-ImageNet's 84x84 images, not for Omniglot's 28x28: refused before any row
+    args = ["bench", "--device", "cpu", "--shape", "miniimagenet-5way-1shot", "--shape",
+            "omniglot-5way-1shot", "--set", "model.stages=5"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "shape" not in result.stdout
+    assert "model.stages=5 is out of range; it must be at most 4" in result.stderr
