@@ -24,6 +24,7 @@ from mamlpp.config import Config, apply_overrides, validate
 from mamlpp.data.batch import TaskBatch
 from mamlpp.engine.learner import MetaLearner
 from mamlpp.engine.model import NetSpec, conv_flops_per_image
+from mamlpp.errors import MamlppError
 from mamlpp.kernels import DEFAULT as DEFAULT_KERNELS
 from mamlpp.kernels import KernelOptions
 from mamlpp.presets import get_preset
@@ -186,6 +187,28 @@ def _ratio(rows: list[BenchRow], shape: str, device: str) -> float | None:
     return None
 
 
+def check_device(device: str) -> str:
+    """`device` when this machine has it: cpu, cuda or cuda:N; MamlppError naming the fix."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise MamlppError(
+            f"--device {device!r} is not a device bench times; use cpu, cuda or cuda:N"
+        )
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise MamlppError(
+            f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu"
+        )
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise MamlppError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+            "numbered from 0"
+        )
+    return device
+
+
 @click.command()
 @click.option("--shape", "shapes", multiple=True, type=click.Choice(list(SHAPES)),
               help="Paper shape(s) to time; default: all three.")
@@ -213,7 +236,7 @@ def bench(shapes: tuple[str, ...], engines: tuple[str, ...], devices: tuple[str,
     rows = run_benchmark(
         list(shapes) or list(SHAPES),
         list(engines) or ["folded", "loop", "folded+graph"],
-        list(devices) or default_devices,
+        [check_device(d) for d in devices] or default_devices,
         iterations,
         warmup,
         overrides,

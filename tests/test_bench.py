@@ -3,6 +3,8 @@ are not checked here: speed lives in benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
+import pytest
+import torch
 from click.testing import CliRunner
 
 from mamlpp.cli import main
@@ -37,3 +39,20 @@ def test_bench_refuses_an_out_of_range_value_before_timing_anything() -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "shape" not in result.stdout
     assert "model.stages=5 is out of range; it must be at most 4" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("device", "words"),
+    [
+        ("foo", "error: --device 'foo' is not a device bench times; use cpu, cuda or cuda:N"),
+        ("meta", "error: --device 'meta' is not a device bench times"),
+        ("cuda:99", "error: --device cuda:99"),
+    ],
+)
+def test_bench_refuses_a_device_this_machine_lacks_in_one_line(device: str, words: str) -> None:
+    result = CliRunner().invoke(main, ["bench", "--device", "cpu", "--device", device])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(words), line
+    if device == "cuda:99" and not torch.cuda.is_available():
+        assert "no CUDA GPU is visible; use --device cpu" in line
