@@ -217,8 +217,10 @@ def check_device(device: str) -> str:
               help="Engine(s); default: folded and loop, plus folded+graph (CUDA graphs: what training uses on CUDA) on CUDA.")
 @click.option("--device", "devices", multiple=True,
               help="Device(s), e.g. cpu, cuda; default: cpu, plus cuda when present.")
-@click.option("--iterations", default=5, show_default=True, help="Timed iterations per row.")
-@click.option("--warmup", default=2, show_default=True, help="Untimed iterations first.")
+@click.option("--iterations", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Timed iterations per row.")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Untimed iterations first.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Change one config field of every shape, e.g. --set tf32_matmul=true.")
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),

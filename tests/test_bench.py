@@ -56,3 +56,10 @@ def test_bench_refuses_a_device_this_machine_lacks_in_one_line(device: str, word
     assert line.startswith(words), line
     if device == "cuda:99" and not torch.cuda.is_available():
         assert "no CUDA GPU is visible; use --device cpu" in line
+
+
+@pytest.mark.parametrize(("option", "value"), [("--iterations", "0"), ("--warmup", "-1")])
+def test_bench_refuses_no_timed_iterations_or_a_negative_warmup(option: str, value: str) -> None:
+    result = CliRunner().invoke(main, ["bench", "--device", "cpu", *TINY, option, value])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"Invalid value for '{option}'" in result.output
