@@ -173,6 +173,12 @@ def test_bad_input_gives_one_line_errors(fake_train: Path, tmp_path: Path) -> No
         (["sweep", "run", "table1", "--jobs", "0"], "--jobs '0' must be a positive integer"),
         (["sweep", "run", "table1", "--set", "inner.stepz=2"], "unknown config key 'inner.stepz'"),
         (["sweep", "export", "figure2", "--preset", "omniglot_5way_1shot_maml"], "not rows"),
+        # what `mamlpp train` would refuse is refused before the plan, not by every launch
+        (["sweep", "run", "table1", "--set", "inner.steps=0", "--dry-run"],
+         "inner.steps=0 is out of range; it must be at least 1"),
+        (["sweep", "export", "table1", "--set", "seed=3"], "--set seed=... is not allowed"),
+        (["sweep", "run", "table1", "--seed", str(2**64), "--dry-run"],
+         f"seed={2**64} is out of range"),
     ]:
         result = runner.invoke(main, [*args, "--runs-dir", str(tmp_path / "r")])
         assert result.exit_code == 2, result.output

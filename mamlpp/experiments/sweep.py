@@ -152,16 +152,16 @@ def build_sweep(
     overrides: tuple[str, ...] = (),
     train_options: tuple[str, ...] = (),
 ) -> Sweep:
-    """Resolve and validate: unknown experiment, row or override fails here, before any run."""
-    from mamlpp.config import apply_overrides
+    """Resolve and validate: unknown experiment, row or override, or a value out of range,
+    fails here, before any run."""
     from mamlpp.experiments import get_experiment
-    from mamlpp.presets import get_preset
+    from mamlpp.runs.resolve import resolve_config
 
     experiment = get_experiment(name)
     points = experiment.grid(presets, seeds)
     all_overrides = (*experiment.overrides, *overrides)
-    for preset in dict.fromkeys(p.preset for p in points):
-        apply_overrides(get_preset(preset).config, all_overrides)  # raises ConfigError
+    for point in points:  # each run's config as `mamlpp train` resolves it: ConfigError here
+        resolve_config(point.preset, all_overrides, point.seed, scale)
     return Sweep(experiment, points, scale, runs_dir, all_overrides, train_options)
 
 
