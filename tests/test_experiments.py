@@ -98,6 +98,12 @@ def test_experiment_lookup_by_name_or_module_and_clear_errors() -> None:
     ]
     with pytest.raises(MamlppError, match="not rows of experiment table1"):
         e.grid(("stability_maml",))
+    # a row or seed given twice is one run (two launches of it would race for its directory)
+    twice = ("omniglot_5way_1shot_mamlpp", "omniglot_5way_1shot_mamlpp")
+    assert e.grid(twice, (0, 1, 0)) == [
+        GridPoint("omniglot_5way_1shot_mamlpp", 0),
+        GridPoint("omniglot_5way_1shot_mamlpp", 1),
+    ]
 
 
 def test_cost_projection_formula_and_closest_measured_preset() -> None:

@@ -35,7 +35,8 @@ class Experiment:
     def grid(self, presets: tuple[str, ...] = (), seeds: tuple[int, ...] = ()) -> list[GridPoint]:
         """The grid points, presets outer and seeds inner; optionally only some rows or seeds.
 
-        A row that is not in this experiment is an error; any seed may be asked for."""
+        A row that is not in this experiment is an error; any seed may be asked for. A row or
+        seed asked for twice is one grid point (one run directory), not two."""
         unknown = [p for p in presets if p not in self.presets]
         if unknown:
             raise MamlppError(
@@ -43,4 +44,5 @@ class Experiment:
                 f"its rows are: {', '.join(self.presets)}"
             )
         rows = [p for p in self.presets if p in presets] if presets else list(self.presets)
-        return [GridPoint(p, s) for p, s in itertools.product(rows, seeds or self.seeds)]
+        seeds = tuple(dict.fromkeys(seeds)) or self.seeds
+        return [GridPoint(p, s) for p, s in itertools.product(rows, seeds)]
