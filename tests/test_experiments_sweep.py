@@ -171,6 +171,7 @@ def test_bad_input_gives_one_line_errors(fake_train: Path, tmp_path: Path) -> No
     for args, message in [
         (["sweep", "run", "table9"], "unknown experiment 'table9'"),
         (["sweep", "run", "table1", "--jobs", "0"], "--jobs '0' must be a positive integer"),
+        (["sweep", "run", "table1", "--jobs", "abc", "--dry-run"], "--jobs 'abc' must be a positive"),
         (["sweep", "run", "table1", "--set", "inner.stepz=2"], "unknown config key 'inner.stepz'"),
         (["sweep", "export", "figure2", "--preset", "omniglot_5way_1shot_maml"], "not rows"),
         # what `mamlpp train` would refuse is refused before the plan, not by every launch

@@ -369,6 +369,7 @@ def run_sweep(
         _submit(sweep, todo, prefix, slurm)
         return
     gpus = visible_gpus(device)
+    slots = resolve_jobs(jobs, gpus)  # before the dry run returns: it checks --jobs too
     together = bool(gpus) and slurm is None if seeds_together is None else seeds_together
     groups = seed_groups(sweep, todo, together)
     if dry_run:
@@ -376,7 +377,7 @@ def run_sweep(
             click.echo(shlex.join([*prefix, *sweep.group_args(group)]))
         return
 
-    n_jobs = min(resolve_jobs(jobs, gpus), len(groups))
+    n_jobs = min(slots, len(groups))
     try:
         sweep.runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
