@@ -186,6 +186,13 @@ def test_bad_input_gives_one_line_errors(fake_train: Path, tmp_path: Path) -> No
         assert result.output.startswith(f"error: {message}") or message in result.output
         assert "Traceback" not in result.output
     assert _calls(fake_train) == []
+    # a runs dir that is a file: refused as `mamlpp train --runs-dir` refuses it, dry run too
+    (tmp_path / "a-file").write_text("")
+    for command in ("run", "export"):
+        args = ["sweep", command, "table1", "--runs-dir", str(tmp_path / "a-file"), "--dry-run"]
+        result = runner.invoke(main, args[:-1] if command == "export" else args)
+        assert result.exit_code == 2 and "Invalid value for '--runs-dir'" in result.output
+        assert "is a file" in result.output
 
 
 # ---------------------------------------------------------------- the exported W&B sweep

@@ -498,7 +498,7 @@ def _grid_options(f: Any) -> Any:
         ),
         click.option(
             "--runs-dir",
-            type=click.Path(path_type=Path),
+            type=click.Path(file_okay=False, path_type=Path),
             default=None,
             help="Where the run directories go.  [default: runs/<scale>]",
         ),
