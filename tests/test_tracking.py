@@ -113,6 +113,25 @@ def test_wandb_mode_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_wandb_mode(None)
 
 
+def test_wandb_online_without_a_login_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb
+
+    from mamlpp.runs.tracking import WandbMirror
+
+    def no_key(**kwargs: object) -> None:
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    with pytest.raises(MamlppError) as e:
+        WandbMirror("online", tmp_path / "run", "r", "g", [], {"seed": 1})
+    assert str(e.value) == (
+        "cannot start the W&B online run (No API key configured. Use `wandb login` to log in.); "
+        "run `wandb login` or set WANDB_API_KEY, or use --wandb offline (no account needed)"
+    )
+
+
 def test_wandb_mirror_plots_against_epoch_and_carries_the_lr_chart(tmp_path: Path) -> None:
     """An offline W&B run, read back from its .wandb file: `epoch` is the x axis of every metric,
     each epoch's metrics.jsonl row is a history step, and the run ends with the learned-lr chart

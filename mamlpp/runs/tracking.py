@@ -438,18 +438,25 @@ class WandbMirror:
         os.environ.setdefault("WANDB_SILENT", "true")
         if os.environ.get("WANDB_SWEEP_ID") or os.environ.get("WANDB_RUN_ID"):
             run_id = None  # a W&B sweep agent (or the user) chose the run id
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "mamlpp"),
-            mode=mode,
-            dir=str(run_dir),
-            name=name,
-            group=group,
-            tags=tags,
-            config=config,
-            id=run_id,
-            resume="allow" if run_id else None,
-            reinit="create_new",
-        )
+        errors = wandb.errors
+        try:
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "mamlpp"),
+                mode=mode,
+                dir=str(run_dir),
+                name=name,
+                group=group,
+                tags=tags,
+                config=config,
+                id=run_id,
+                resume="allow" if run_id else None,
+                reinit="create_new",
+            )
+        except (errors.UsageError, errors.AuthenticationError, errors.CommError) as e:
+            raise MamlppError(
+                f"cannot start the W&B {mode} run ({e}); run `wandb login` or set WANDB_API_KEY, "
+                "or use --wandb offline (no account needed)"
+            ) from None
         # Every per-epoch metric is plotted against `epoch` (W&B's default x is its own step).
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
