@@ -109,8 +109,11 @@ def test_wandb_mode_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_wandb_mode(None) == "off"
     monkeypatch.setenv("WANDB_MODE", "sideways")
-    with pytest.raises(MamlppError, match="offline, online or off"):
+    with pytest.raises(MamlppError, match="offline, online or off") as e:
         resolve_wandb_mode(None)
+    assert str(e.value).startswith("$WANDB_MODE='sideways' is not a valid choice")  # not --wandb
+    with pytest.raises(MamlppError, match="^--wandb 'up' is not a valid choice"):
+        resolve_wandb_mode("up")
 
 
 def test_wandb_online_without_a_login_is_one_line(

@@ -413,7 +413,8 @@ def resolve_wandb_mode(option: str | None) -> WandbMode:
         return "online"
     if choice in ("offline", "dryrun"):
         return "offline"
-    raise MamlppError(f"--wandb {choice!r} is not a valid choice; choose offline, online or off")
+    given = f"--wandb {choice!r}" if option else f"$WANDB_MODE={choice!r}"
+    raise MamlppError(f"{given} is not a valid choice; choose offline, online or off")
 
 
 class WandbMirror:
