@@ -495,6 +495,24 @@ def test_binary_garbage_at_the_end_of_metrics_is_a_torn_line(
     assert_same_run(run, straight)
 
 
+def test_metrics_lines_lost_outside_mamlpp_are_named_and_the_run_goes_on(
+    straight: RunDirectory, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    run = _copy_unfinished(straight, runs)
+    lines = run.metrics_path.read_text().splitlines(keepends=True)
+    assert len(lines) >= 2
+    run.metrics_path.write_text("".join(lines[:1] + lines[2:]))  # epoch 1's line lost
+    result = cli(*_train_args(runs))
+    assert result.exit_code == 0, result.output
+    assert f"warning: {run.metrics_path} lacks the lines of epochs 1 (1 of {len(lines)};" in result.output
+    assert json.loads(run.test_path.read_text()) == json.loads(straight.test_path.read_text())
+    # an intact file: no warning
+    intact = _copy_unfinished(straight, tmp_path / "intact")
+    assert "lacks the lines" not in cli(*_train_args(tmp_path / "intact")).output
+    assert intact.test_path.exists()
+
+
 @pytest.mark.parametrize(
     ("content", "words"),
     [

@@ -110,6 +110,23 @@ def restore(run_dir: RunDirectory, learner: MetaLearner, config: Config) -> tupl
     return next_epoch, top_k
 
 
+def missing_rows_warning(run_dir: RunDirectory, next_epoch: int) -> str | None:
+    """A warning line when metrics.jsonl lacks epochs before `next_epoch` that latest.pt vouches
+    for. `finish_epoch` writes an epoch's line before its latest.pt, so only damage or an edit
+    outside mamlpp loses one; the lost rows do not come back without training again, so the
+    run goes on without them and says so."""
+    have = {int(r["epoch"]) for r in run_dir.read_metrics()}
+    missing = [e for e in range(next_epoch) if e not in have]
+    if not missing:
+        return None
+    shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+    return (
+        f"warning: {run_dir.metrics_path} lacks the lines of epochs {shown} ({len(missing)} of "
+        f"{next_epoch}; damaged or edited outside mamlpp); training goes on from latest.pt and "
+        "those epochs stay missing from the curves (restore the file from a copy to keep them)"
+    )
+
+
 def finish_epoch(
     run_dir: RunDirectory, learner: MetaLearner, row: dict[str, Any], iterations: list[dict[str, Any]],
     top_k: TopK,

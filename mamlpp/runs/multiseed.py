@@ -31,7 +31,7 @@ from mamlpp.engine import cuda_graph, seeds
 from mamlpp.engine.learner import MetaLearner, StepResult
 from mamlpp.engine.seeds import SeedStack
 from mamlpp.errors import MamlppError
-from mamlpp.runs.checkpoints import TopK, finish_epoch, restore
+from mamlpp.runs.checkpoints import TopK, finish_epoch, missing_rows_warning, restore
 from mamlpp.runs.resolve import check_schedule, train_seed
 from mamlpp.runs.stops import RunStopped, StopRequest, stop_on_signals
 from mamlpp.runs.tracking import RunDirectory, RunDirectoryError, WandbMirror
@@ -132,6 +132,9 @@ def _train_together(
     train_step = seeds.training_step(stack)  # after restoring: it reads the optimizer state
     if next_epoch > 0:
         options.log(f"resuming {len(configs)} seeds after epoch {next_epoch - 1}")
+        for run_dir in run_dirs:
+            if (warning := missing_rows_warning(run_dir, next_epoch)) is not None:
+                options.log(warning)
     root, device = options.data_root, options.device
     trains = [episodes(c, "train", data_root=root, seed=train_seed(c), device=device) for c in configs]
     val = episodes(config, "val", data_root=root, seed=config.data.val_seed, device=device)

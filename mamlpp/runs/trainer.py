@@ -31,7 +31,13 @@ from mamlpp.errors import MamlppError
 from mamlpp.kernels import DEFAULT as DEFAULT_KERNELS
 from mamlpp.kernels import KernelOptions
 from mamlpp.runs import ensemble
-from mamlpp.runs.checkpoints import TopK, finish_epoch, load_latest, restore
+from mamlpp.runs.checkpoints import (
+    TopK,
+    finish_epoch,
+    load_latest,
+    missing_rows_warning,
+    restore,
+)
 from mamlpp.runs.resolve import check_schedule, train_seed
 from mamlpp.runs.stops import (
     Deadline,
@@ -400,6 +406,8 @@ def train_run(
     train_step = cuda_graph.training_step(learner)  # after restore: it reads the optimizer state
     if next_epoch > 0:
         options.log(f"resuming {run_dir.path} after epoch {next_epoch - 1}")
+        if (warning := missing_rows_warning(run_dir, next_epoch)) is not None:
+            options.log(warning)
     root, device = options.data_root, options.device
     train = episodes(config, "train", data_root=root, seed=train_seed(config), device=device)
     val = episodes(config, "val", data_root=root, seed=config.data.val_seed, device=device)
