@@ -280,6 +280,23 @@ def test_random_bytes_in_latest_pt_and_the_advice_that_follows(
     assert_same_run(run, straight)
 
 
+def test_mamlpp_test_scores_the_checkpoints_present_when_latest_pt_is_damaged(
+    straight: RunDirectory, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    run = _copy_unfinished(straight, runs)
+    run.latest_path.write_bytes(os.urandom(3000))
+    result = cli("test", str(run.path))
+    assert result.exit_code == 0, result.output
+    expected = json.loads(straight.test_path.read_text())
+    assert f"scoring the epoch checkpoints present instead: {sorted(expected['checkpoint_epochs'])}" in result.output
+    assert f"{100 * expected['accuracy']:.2f}%" in result.output
+    assert not run.test_path.exists()
+    for path in run.checkpoints.glob("epoch_*.pt"):
+        path.unlink()
+    assert_one_line_error(cli("test", str(run.path)), f"checkpoint {run.latest_path} is unreadable")
+
+
 # ---------------------------------------------------------------- 4. a full disk
 
 

@@ -46,7 +46,13 @@ from mamlpp.runs.stops import (
     minutes,
     stop_on_signals,
 )
-from mamlpp.runs.tracking import RunDirectory, RunDirectoryError, WandbMirror, WandbMode
+from mamlpp.runs.tracking import (
+    CorruptFileError,
+    RunDirectory,
+    RunDirectoryError,
+    WandbMirror,
+    WandbMode,
+)
 
 
 class NonFiniteLossError(MamlppError):
@@ -497,7 +503,22 @@ def test_existing_run(path: Path | str, options: RunOptions) -> tuple[dict[str, 
         ) from None
     if not run_dir.latest_path.exists():
         raise RunDirectoryError(f"{run_dir.path} has no checkpoints yet; train at least one epoch")
-    state = load_latest(run_dir)
+    try:
+        state = load_latest(run_dir)
+    except CorruptFileError:
+        # latest.pt names the top k; without it, the epoch checkpoints on disk are those k
+        # (`finish_epoch` deletes an evicted one right after latest.pt), so score them
+        present = sorted(
+            int(p.stem.split("_")[1]) for p in run_dir.checkpoints.glob("epoch_*.pt")
+        )
+        if not present:
+            raise
+        options.log(
+            f"warning: {run_dir.latest_path} is damaged, so the top {config.schedule.ensemble_top_k} "
+            f"cannot be read from it; scoring the epoch checkpoints present instead: {present} "
+            "(test.json is not written)"
+        )
+        return test_run(config, run_dir, present, options, write=False), False
     top_k = TopK.from_state(config.schedule.ensemble_top_k, state["top_k"])
     done = int(state["epoch"]) + 1 >= config.schedule.epochs
     return test_run(config, run_dir, top_k.epochs, options, write=done), done
