@@ -95,6 +95,35 @@ def test_report_on_an_empty_runs_dir_is_a_one_line_error(tmp_path: Path) -> None
     assert result.output.startswith("error: no runs under") and result.output.count("\n") == 1
 
 
+def test_unreadable_runs_are_left_out_of_the_report_and_named(tmp_path: Path) -> None:
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for seed in (0, 1):
+        write_run(runs, "omniglot_5way_1shot_mamlpp", seed)
+    config = write_run(runs, "omniglot_5way_1shot_mamlpp", 2) / "config.json"
+    config.write_text('{"config": ')  # torn by hand
+    metrics = write_run(runs, "omniglot_5way_1shot_maml", 0) / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+
+    result = CliRunner().invoke(main, ["report", "--runs-dir", str(runs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {config.parent} left out of the report: {config} is not valid JSON" in result.output
+    assert f"warning: {metrics.parent} left out of the report: {metrics} line 2 is not a JSON object" in result.output
+    assert "2 runs -> " in result.output
+    page = (out / "index.html").read_text()
+    assert "run directories that cannot be read (2)" in page
+    assert f"{config.parent.name}</a>: {config} is not valid JSON" in page
+    runs_csv = (out / "runs.csv").read_text()
+    assert config.parent.name not in runs_csv and metrics.parent.name not in runs_csv
+
+    # nothing readable: one line naming the first reason
+    for seed in (0, 1):
+        (runs / f"omniglot_5way_1shot_mamlpp__default__seed{seed}__smoke" / "config.json").write_text("[]")
+    result = CliRunner().invoke(main, ["report", "--runs-dir", str(runs), "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: none of the 4 run directories under") and result.output.count("\n") == 1
+
+
 # ---------------------------------------------------------------- headless Chromium
 
 _CHART_STATE = """id => {

@@ -48,6 +48,8 @@ def report(runs_dir: Path, out: Path, from_wandb: str | None, notebook: bool) ->
     built = build_report(
         runs_dir, out, report_command(runs_dir, out, from_wandb, notebook), notebook=notebook
     )
+    for path, reason in built.skipped.items():
+        click.echo(f"warning: {path} left out of the report: {reason}", err=True)
     click.echo(
         f"{len(built.runs)} runs -> {len(built.tables)} tables, {len(built.charts)} learning-rate charts, "
         f"{len(built.figures)} figures; open {built.index}"

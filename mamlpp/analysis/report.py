@@ -78,6 +78,8 @@ class Report:
     sections: list[Section] = field(default_factory=list)
     stability: list[Curve] = field(default_factory=list)
     notebook: Path | None = None
+    skipped: dict[Path, str] = field(default_factory=dict)
+    """Run directories left out because they cannot be read, with the reason (`load_runs`)."""
 
     @property
     def index(self) -> Path:
@@ -114,10 +116,11 @@ def build_report(
 ) -> Report:
     """Write every output for the runs under ``runs_dir`` into ``out``; returns what was written."""
     runs_dir, out = Path(runs_dir), Path(out)
-    runs = load_runs(runs_dir)
+    skipped: dict[Path, str] = {}
+    runs = load_runs(runs_dir, skipped)
     command = command or report_command(runs_dir, out, notebook=notebook)
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(out=out, command=command, runs=runs)
+    report = Report(out=out, command=command, runs=runs, skipped=skipped)
     runs_frame(runs).to_csv(out / "runs.csv", index=False)
     report.tables = write_tables(runs, out / "tables", command)
     (out / PLOTLY_JS).write_text(get_plotlyjs())
@@ -247,6 +250,15 @@ def index_html(report: Report, runs_dir: Path) -> str:
         f"{_link(out / 'runs.csv', out)}.</p>",
         _produced_by(report.command),
     ]
+    if report.skipped:
+        items = "".join(
+            f'<li><a href="{e(_rel(path, out))}/">{e(path.name)}</a>: {e(reason)}</li>'
+            for path, reason in report.skipped.items()
+        )
+        parts.append(
+            '<div class="warning"><p>Left out of every table and chart below: run directories '
+            f"that cannot be read ({len(report.skipped)}):</p><ul>{items}</ul></div>"
+        )
     if any(s != "paper" for s in scales):
         parts.append(
             f'<p class="warning">{e(SMOKE_LABEL)}: runs below paper scale use shortened schedules; '

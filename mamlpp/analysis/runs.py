@@ -156,15 +156,35 @@ def find_run_dirs(runs_dir: Path) -> list[Path]:
     )
 
 
-def load_runs(runs_dir: str | Path) -> list[Run]:
-    """All runs under ``runs_dir``; a clear error when there is nothing to analyse."""
+def load_runs(runs_dir: str | Path, skipped: dict[Path, str] | None = None) -> list[Run]:
+    """All runs under ``runs_dir``; a clear error when there is nothing to analyse. With
+    ``skipped``, a run directory whose config.json, test.json or metrics.jsonl cannot be read is
+    left out and its reason recorded there (a report of the other runs beats none); without,
+    the first such directory is a RunsError."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise RunsError(
             f"runs dir {runs_dir} does not exist; train first (`mamlpp train ... --runs-dir "
             f"{runs_dir}`) or import runs with --from-wandb ENTITY/PROJECT"
         )
-    runs = [load_run(p) for p in find_run_dirs(runs_dir)]
+    runs = []
+    for path in find_run_dirs(runs_dir):
+        if skipped is None:
+            runs.append(load_run(path))
+            continue
+        try:
+            run = load_run(path)
+            run.metrics()  # read now, so that a damaged file leaves this run out, not the report
+        except RunsError as e:
+            skipped[path] = str(e)
+            continue
+        runs.append(run)
+    if not runs and skipped:
+        path, reason = next(iter(skipped.items()))
+        raise RunsError(
+            f"none of the {len(skipped)} run directories under {runs_dir} can be read; the first, "
+            f"{path}: {reason}"
+        )
     if not runs:
         raise RunsError(
             f"no runs under {runs_dir} (no folder holds a config.json); train first "
