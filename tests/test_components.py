@@ -1,0 +1,103 @@
+"""MAML++ components against independent computations that tests/test_engine.py and
+tests/test_fidelity.py do not already make: a hand-written inner loop (plain autograd, one task
+at a time, `model.forward_task`), hand-worked schedule values, the authors' formulas transcribed,
+torch's own clamp, and the chain rule. float64 throughout, tiny networks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mamlpp.config import Config
+from mamlpp.data.batch import TaskBatch
+from mamlpp.engine import model, schedules
+from mamlpp.engine.learner import MetaLearner
+from mamlpp.kernels import KernelOptions
+from mamlpp.presets import synthetic_config
+from tests.support.tiny import random_batch
+
+ONE_GROUP = KernelOptions(task_threads=False)
+
+
+def tiny(steps: int = 2, eval_steps: int = 2, **changes: object) -> Config:
+    """3-way 1-shot, 2 target images per class, 3 filters; MAML++ (MSL, LSLR, BNWB, BNRS)."""
+    c = synthetic_config()
+    c = replace(
+        c,
+        data=replace(c.data, n_way=3, k_shot=1, target_per_class=2),
+        model=replace(c.model, filters=3),
+        inner=replace(c.inner, steps=steps, eval_steps=eval_steps, order="first"),
+        outer=replace(c.outer, msl_epochs=10, meta_batch_size=2),
+    )
+    return replace(c, **changes)  # type: ignore[arg-type]
+
+
+def hand_adapt(learner: MetaLearner, batch: TaskBatch, b: int, steps: int) -> list[torch.Tensor]:
+    """Task b adapted by hand: `steps` plain SGD steps on the support cross-entropy at the
+    LSLR rates' initial value alpha, batch statistics, BN set s at step s. Returns the target
+    logits after each step."""
+    spec, params, running = learner.spec, learner.params, learner.running
+    fast = {k: params[k] for k in learner.adapted_names}
+    xs, ys = batch.support_x[b].double(), batch.support_y[b]
+    xt = batch.target_x[b].double()
+    out = []
+    for s in range(steps):
+        loss = F.cross_entropy(model.forward_task(fast, params, running, xs, s, spec), ys)
+        grads = torch.autograd.grad(loss, list(fast.values()))
+        fast = {k: w - learner.config.inner.lr * g for (k, w), g in zip(fast.items(), grads, strict=True)}
+        out.append(model.forward_task(fast, params, running, xt, s, spec))
+    return out
+
+
+# ---------------------------------------------------------------- MSL
+
+
+def authors_msl_weights(k: int, epoch: int, big_e: int) -> list[float]:
+    """get_per_step_loss_importance_vector (few_shot_learning_system.py at 86964701),
+    transcribed; the code uses it only while epoch < multi_step_loss_num_epochs and the last
+    step's loss alone afterwards."""
+    if epoch >= big_e:
+        return [0.0] * (k - 1) + [1.0]
+    loss_weights = np.ones(shape=(k,)) * (1.0 / k)
+    decay_rate = 1.0 / k / big_e
+    min_value_for_non_final_losses = 0.03 / k
+    for i in range(len(loss_weights) - 1):
+        loss_weights[i] = np.maximum(loss_weights[i] - (epoch * decay_rate), min_value_for_non_final_losses)
+    loss_weights[-1] = np.minimum(
+        loss_weights[-1] + (epoch * (k - 1) * decay_rate), 1.0 - ((k - 1) * min_value_for_non_final_losses)
+    )
+    return loss_weights.tolist()
+
+
+@pytest.mark.parametrize(("k", "big_e"), [(1, 10), (2, 15), (3, 10), (5, 100), (8, 15)])
+def test_msl_weights_equal_the_authors_formula_at_every_epoch(k: int, big_e: int) -> None:
+    for epoch in range(big_e + 3):
+        ours = schedules.msl_weights(k, epoch, big_e, enabled=True)
+        assert ours == pytest.approx(authors_msl_weights(k, epoch, big_e), abs=1e-15), epoch
+
+
+def test_meta_loss_weighs_hand_computed_step_losses_by_the_annealed_weights() -> None:
+    """K=3, E=10: at epoch 4 the weights are 1/3 - 4/30 = 0.2 (twice) and 1/3 + 8/30 = 0.6; at
+    epoch 9, 1/30 (twice) and 28/30; from epoch 10 on, the last step alone. The meta loss is
+    the mean over tasks of sum_i v_i L_i, L_i from a hand-written inner loop."""
+    c = tiny(steps=3, eval_steps=3)
+    assert c.outer.msl and c.inner.lslr
+    learner = MetaLearner(c, dtype=torch.float64, kernel_options=ONE_GROUP)
+    batch = random_batch(c, 2)
+    losses = torch.tensor([
+        [F.cross_entropy(z, batch.target_y[b]).item() for z in hand_adapt(learner, batch, b, 3)]
+        for b in range(2)
+    ], dtype=torch.float64)  # fmt: skip
+    assert (losses[:, 0] - losses[:, 2]).abs().min() > 1e-3  # the weights are told apart
+    cases = {0: [1 / 3] * 3, 4: [0.2, 0.2, 0.6], 9: [1 / 30, 1 / 30, 28 / 30], 10: [0, 0, 1], 25: [0, 0, 1]}
+    for epoch, weights in cases.items():
+        expected = (losses * torch.tensor(weights, dtype=torch.float64)).sum(1).mean().item()
+        result = learner.meta_loss(batch, epoch)
+        assert result.loss.item() == pytest.approx(expected, rel=1e-12), epoch
+        assert result.msl_weights == pytest.approx(weights, abs=1e-15), epoch
+    off = MetaLearner(replace(c, outer=replace(c.outer, msl=False)), dtype=torch.float64)
+    assert off.meta_loss(batch, 0).loss.item() == pytest.approx(losses[:, 2].mean().item(), rel=1e-12)
