@@ -101,3 +101,40 @@ def test_meta_loss_weighs_hand_computed_step_losses_by_the_annealed_weights() ->
         assert result.msl_weights == pytest.approx(weights, abs=1e-15), epoch
     off = MetaLearner(replace(c, outer=replace(c.outer, msl=False)), dtype=torch.float64)
     assert off.meta_loss(batch, 0).loss.item() == pytest.approx(losses[:, 2].mean().item(), rel=1e-12)
+
+
+# ---------------------------------------------------------------- gradient clipping
+
+
+def _unclipped_gradients(c: Config, batch: TaskBatch) -> dict[str, torch.Tensor]:
+    learner = MetaLearner(c, dtype=torch.float64, kernel_options=ONE_GROUP)
+    meta = learner.meta_parameters()
+    grads = torch.autograd.grad(learner.meta_loss(batch, 0).loss, list(meta.values()), allow_unused=True)
+    return {k: g for k, g in zip(meta, grads, strict=True) if g is not None}
+
+
+@pytest.mark.parametrize("clip_rates", [True, False])
+def test_clipping_clamps_each_gradient_element_as_torch_clamp_does(clip_rates: bool) -> None:
+    """The gradients Adam receives are torch.clamp(unclipped, -clip, clip) element by element
+    (the authors' `param.grad.data.clamp_(-10, 10)`), not rescaled by a norm; the LSLR rates'
+    are left alone with clip_inner_rates off. clip: the median |gradient| of the network, so
+    that about half the elements are clipped."""
+    base = tiny()
+    batch = random_batch(base, 2)
+    unclipped = _unclipped_gradients(base, batch)
+    network = torch.cat([g.flatten() for k, g in unclipped.items() if not k.startswith("lslr.")])
+    clip = float(network.abs().median())
+    c = replace(base, outer=replace(base.outer, grad_clip=clip, clip_inner_rates=clip_rates))
+    learner = MetaLearner(c, dtype=torch.float64, kernel_options=ONE_GROUP)
+    learner.train_step(batch, epoch=0)  # .grad still holds what Adam was given
+    clipped_somewhere = {False: 0, True: 0}
+    for name, p in learner.meta_parameters().items():
+        raw = unclipped.get(name)
+        if raw is None:
+            assert p.grad is None or not p.grad.any(), name
+            continue
+        is_rate = name.startswith("lslr.")
+        expected = raw.clamp(-clip, clip) if (clip_rates or not is_rate) else raw
+        torch.testing.assert_close(p.grad, expected, rtol=1e-12, atol=1e-15, msg=name)
+        clipped_somewhere[is_rate] += int((raw.abs() > clip).sum())
+    assert clipped_somewhere[False] > 0 and clipped_somewhere[True] > 0
