@@ -138,3 +138,78 @@ def test_clipping_clamps_each_gradient_element_as_torch_clamp_does(clip_rates: b
         torch.testing.assert_close(p.grad, expected, rtol=1e-12, atol=1e-15, msg=name)
         clipped_somewhere[is_rate] += int((raw.abs() > clip).sum())
     assert clipped_somewhere[False] > 0 and clipped_somewhere[True] > 0
+
+
+# ---------------------------------------------------------------- per-step BN running statistics
+
+
+def test_running_statistics_update_by_hand_and_only_the_steps_used() -> None:
+    """MSL off, 2 training steps, 3 evaluation steps: set 0 of layer 0 receives one update, the
+    support set's conv0 statistics at the initial weights (mean over images and pixels,
+    unbiased variance, averaged over the tasks) with momentum 0.1; set 1 (step 1's support and
+    target passes) changes; set 2, used only at evaluation, stays at (0, 1) in every layer."""
+    c = tiny(steps=2, eval_steps=3)
+    c = replace(c, outer=replace(c.outer, msl=False))
+    assert c.bn.per_step_stats and c.bn.momentum == 0.1
+    learner = MetaLearner(c, dtype=torch.float64)
+    batch = random_batch(c, 2)
+    w0 = learner.params["conv0.weight"].detach().clone()
+    b0 = learner.params["conv0.bias"].detach().clone()
+    h = torch.stack([F.conv2d(batch.support_x[b].double(), w0, b0, padding=1) for b in range(2)])
+    mean = h.mean((1, 3, 4)).mean(0)
+    var = h.var((1, 3, 4), unbiased=True).mean(0)
+    learner.train_step(batch, epoch=0)
+    rm, rv = learner.running["bn0.running_mean"], learner.running["bn0.running_var"]
+    torch.testing.assert_close(rm[0], 0.1 * mean, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(rv[0], 0.9 + 0.1 * var, rtol=1e-12, atol=1e-14)
+    for i in range(c.model.stages):
+        m, v = learner.running[f"bn{i}.running_mean"], learner.running[f"bn{i}.running_var"]
+        assert (m[1] != 0).all() and (v[1] != 1).all(), i
+        assert torch.equal(m[2], torch.zeros_like(m[2])) and torch.equal(v[2], torch.ones_like(v[2])), i
+    shared = MetaLearner(replace(c, bn=replace(c.bn, per_step_stats=False)), dtype=torch.float64)
+    assert shared.running["bn0.running_mean"].shape == (1, c.model.filters)
+
+
+# ---------------------------------------------------------------- per-step BN scale and shift
+
+
+def test_per_step_affine_sets_chain_rule_and_causality() -> None:
+    """BNWB with every set equal to the shared pair computes the shared network: the same meta
+    loss, and the shared pair's gradient is the sum of the sets' gradients (chain rule). Step s
+    uses set s: changing set 1 leaves the target loss after step 0 unchanged and moves the one
+    after step 1; the evaluation-only set 2 gets no gradient."""
+    c = tiny(steps=2, eval_steps=3)
+    batch = random_batch(c, 2)
+    per_step = MetaLearner(c, dtype=torch.float64, kernel_options=ONE_GROUP)
+    shared_c = replace(c, bn=replace(c.bn, per_step_affine=False))
+    shared = MetaLearner(shared_c, dtype=torch.float64, kernel_options=ONE_GROUP)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in shared.params.items():
+            if name.startswith("bn"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+                per_step.params[name].copy_(p.expand_as(per_step.params[name]))
+            else:
+                assert torch.equal(p, per_step.params[name])
+    names = [k for k in shared.params if k.startswith("bn")]
+    losses, grads = {}, {}
+    for key, learner in (("shared", shared), ("per_step", per_step)):
+        losses[key] = learner.meta_loss(batch, 1).loss
+        found = torch.autograd.grad(losses[key], [learner.params[k] for k in names], allow_unused=True)
+        grads[key] = dict(zip(names, found, strict=True))
+    assert losses["per_step"].item() == pytest.approx(losses["shared"].item(), rel=1e-12)
+    for k in names:
+        sets = grads["per_step"][k]
+        assert sets is not None and sets.shape[0] == 3
+        torch.testing.assert_close(sets.sum(0, keepdim=True), grads["shared"][k], rtol=1e-10, atol=1e-13)
+        assert not sets[2].any(), k  # evaluation-only set
+        if k.endswith(".weight"):
+            assert sets[0].abs().max() > 1e-6 and sets[1].abs().max() > 1e-6, k
+    before = [float(v) for v in per_step.meta_loss(batch, 1).step_loss_values if v is not None]
+    with torch.no_grad():
+        per_step.params["bn1.weight"][1].mul_(1.5)
+        per_step.params["bn1.bias"][1].add_(0.2)
+    after = [float(v) for v in per_step.meta_loss(batch, 1).step_loss_values if v is not None]
+    assert len(before) == len(after) == 2  # MSL at epoch 1: both steps' target losses
+    assert after[0] == pytest.approx(before[0], rel=1e-13)
+    assert abs(after[1] - before[1]) > 1e-4
