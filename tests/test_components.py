@@ -5,6 +5,7 @@ torch's own clamp, and the chain rule. float64 throughout, tiny networks."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -213,3 +214,51 @@ def test_per_step_affine_sets_chain_rule_and_causality() -> None:
     assert len(before) == len(after) == 2  # MSL at epoch 1: both steps' target losses
     assert after[0] == pytest.approx(before[0], rel=1e-13)
     assert abs(after[1] - before[1]) > 1e-4
+
+
+# ---------------------------------------------------------------- evaluation with the inner loop
+
+
+def test_evaluation_adapts_with_each_steps_learned_rate_and_bn_set() -> None:
+    """evaluate() with LSLR rates set to distinct values per step and per tensor, 3 evaluation
+    steps (one more than training, its BN set 2 made different) against the hand-written
+    inner loop: probabilities, per-task loss (mean cross-entropy) and accuracy (argmax)."""
+    c = tiny(steps=2, eval_steps=3)
+    learner = MetaLearner(c, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for rates in learner.rates.values():
+            rates.copy_(torch.rand(3, generator=g, dtype=torch.float64) * 0.2)
+        for name, p in learner.params.items():
+            if name.startswith("bn"):
+                p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    batch = random_batch(c, 2)
+    result = learner.evaluate(batch)
+    for b in range(2):
+        spec, params, running = learner.spec, learner.params, learner.running
+        fast = {k: params[k].detach() for k in learner.adapted_names}
+        for s in range(3):
+            fast = {k: v.requires_grad_() for k, v in fast.items()}
+            support = model.forward_task(fast, params, running, batch.support_x[b].double(), s, spec)
+            grads = torch.autograd.grad(F.cross_entropy(support, batch.support_y[b]), list(fast.values()))
+            fast = {k: (w - learner.rates[k][s] * gk).detach() for (k, w), gk in zip(fast.items(), grads, strict=True)}
+        logits = model.forward_task(fast, params, running, batch.target_x[b].double(), 2, spec).detach()
+        torch.testing.assert_close(result.probs[b], torch.softmax(logits, -1), rtol=1e-10, atol=1e-12)
+        loss = F.cross_entropy(logits, batch.target_y[b]).item()
+        assert result.loss[b].item() == pytest.approx(loss, rel=1e-10)
+        hits = (logits.argmax(-1) == batch.target_y[b]).double().mean().item()
+        assert result.accuracy[b].item() == pytest.approx(hits, abs=1e-7)  # kept in float32
+
+
+# ---------------------------------------------------------------- the test ensemble's summary
+
+
+def test_ensemble_summary_by_hand() -> None:
+    """Per-task accuracies [1, 0.5, 0.5, 0]: mean 0.5, sample std sqrt(0.5 / 3), 95% CI
+    half-width 1.96 std / sqrt(4)."""
+    from mamlpp.runs.ensemble import summarise
+
+    got = summarise(torch.tensor([1.0, 0.5, 0.5, 0.0], dtype=torch.float64))
+    std = math.sqrt(0.5 / 3)
+    assert got == pytest.approx({"accuracy": 0.5, "std": std, "ci95": 1.96 * std / 2, "num_tasks": 4})
+    assert summarise(torch.tensor([0.8]))["ci95"] == 0.0
