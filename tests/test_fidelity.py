@@ -253,6 +253,42 @@ def test_strided_forwards_agree_folded_and_loop() -> None:
     assert losses[0] == pytest.approx(losses[1], abs=1e-12)
 
 
+# ---------------------------------------------------------------- rows 9-11: the presets follow the code
+
+
+def test_presets_follow_the_released_configs_under_both_fidelities() -> None:
+    """Rows 9-11 and the inner-rate note: DA off, batch statistics at evaluation, a constant meta
+    learning rate on mini-ImageNet and alpha 0.1 everywhere, whichever the fidelity."""
+    for name, preset in PRESETS.items():
+        for c in (preset.config, reference(preset.config)):
+            if not name.endswith("_da"):
+                assert c.inner.order == "second", name
+                assert MetaLearner(c).plan(0).second_order, name
+            assert c.bn.eval_stats == "batch", name
+            assert c.inner.lr == 0.1, name
+            if c.data.dataset == "miniimagenet":
+                assert not c.outer.cosine and schedules.meta_lr(c, 40) == c.outer.lr, name
+
+
+def test_running_statistics_are_never_read_with_batch_evaluation() -> None:
+    """Row 10: with bn.eval_stats=batch the per-step running statistics (BNRS) do not change an
+    evaluation; with 'running' they do."""
+    batch = random_batch(synthetic_config(), 2)
+
+    def logits(eval_stats: str, scramble: bool) -> torch.Tensor:
+        c = synthetic_config()
+        c = replace(c, bn=replace(c.bn, eval_stats=eval_stats))
+        learner = MetaLearner(c, dtype=torch.float64)
+        if scramble:
+            g = torch.Generator().manual_seed(1)
+            for v in learner.running.values():
+                v.copy_(torch.rand(v.shape, generator=g, dtype=v.dtype) + 0.5)
+        return learner.evaluate(batch).logits
+
+    assert torch.equal(logits("batch", False), logits("batch", True))
+    assert not torch.allclose(logits("running", False), logits("running", True))
+
+
 # ---------------------------------------------------------------- paper values
 
 
