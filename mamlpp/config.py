@@ -108,7 +108,8 @@ class BatchNormConfig:
     """BNWB: one learned scale/shift pair per inner step (else one shared pair, also learned)."""
     eval_stats: EvalBatchNorm = "batch"
     """Normalisation at evaluation: 'batch' statistics of each task's support/target set (what
-    produced the paper's numbers) or the per-step 'running' statistics."""
+    the authors' code does, so what produced the paper's numbers) or the per-step 'running'
+    statistics (BNRS as the paper's text proposes it: docs/fidelity.md, row 10)."""
     momentum: float = 0.1
     """Running-statistics momentum."""
 

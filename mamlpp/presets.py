@@ -4,7 +4,10 @@ The paper's rows were produced by the original code's configs, which differ from
 in three switches (MSL, LSLR, per-step BN); DA was off there (always second order). Each preset
 below uses the switches that produced its row; ``*_da`` presets add derivative-order annealing as
 an extra. alpha = 0.1 in every preset: the original mini-ImageNet configs say 0.01, but that code
-never reads the field and uses 0.1, which is what produced the paper's numbers.
+never reads the field and uses 0.1, which is what produced the paper's numbers. Where the paper's
+text and these configs disagree and the presets follow the configs under both fidelities (DA,
+batch statistics at evaluation, mini-ImageNet's constant meta lr, alpha): docs/fidelity.md,
+rows 9-11 and "Smaller differences".
 
 Paper values: each row's ``paper_source`` says where its number comes from and ``paper_status``
 how sure it is. The paper's tables themselves could not be read here, so no value is marked as

@@ -109,7 +109,8 @@ class BatchNormStats(NamedTuple):
 
 
 def init_params(spec: NetSpec, generator: torch.Generator) -> dict[str, Tensor]:
-    """Xavier-uniform conv/linear weights, zero biases; BN scale 1, shift 0."""
+    """Xavier-uniform conv/linear weights, zero biases; BN scale 1, shift 0 (as the authors' code:
+    meta_neural_network_architectures.py:62-66, 115-118, 182-192 at 86964701)."""
     params: dict[str, Tensor] = {}
     channels = spec.in_channels
     for i in range(spec.stages):

@@ -12,6 +12,8 @@ def msl_weights(steps: int, epoch: int, annealing_epochs: int, enabled: bool) ->
 
     Start uniform (1/K); the first K-1 decay linearly to a floor of 0.03/K while the last grows
     to 1 - (K-1)*0.03/K; from `annealing_epochs` on (or without MSL) only the last step counts.
+    As the authors' code (few_shot_learning_system.py:90-101 for the weights, :232 and :239-244
+    for the last step alone from epoch E on, at 86964701).
     """
     k, e, big_e = steps, epoch, annealing_epochs
     if not enabled or e >= big_e:
@@ -35,7 +37,8 @@ def use_second_order(config: Config, epoch: int) -> bool:
 def meta_lr(config: Config, epoch: int) -> float:
     """CA: cosine from `outer.lr` to `outer.min_lr` over `outer.cosine_epochs` (default: the
     run's epochs), stepped once per epoch (torch's CosineAnnealingLR with T_max = epochs, as the
-    original code steps it)."""
+    original code steps it: few_shot_learning_system.py:70-71, and :345-346 with the epoch's
+    integer index before every iteration, at 86964701)."""
     o = config.outer
     if not o.cosine:
         return o.lr
