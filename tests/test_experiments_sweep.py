@@ -43,6 +43,9 @@ p.add_argument("--wandb"); p.add_argument("--device"); p.add_argument("--data-ro
 p.add_argument("--time-limit", type=float)
 a = p.parse_args()
 run = Path(a.runs_dir) / run_name(a.preset, a.set, a.seed, a.scale)
+from mamlpp.runs.tracking import RunDirectory
+if RunDirectory(run).locked_by_other():
+    sys.exit(2)  # as `mamlpp train` refuses a run another process holds
 run.mkdir(parents=True, exist_ok=True)
 with open(os.environ["FAKE_TRAIN_CALLS"], "a") as f:
     f.write(json.dumps({"argv": sys.argv[1:], "run": run.name,
@@ -51,6 +54,21 @@ if a.preset == os.environ.get("FAKE_TRAIN_FAIL"):
     sys.exit(3)
 if a.preset == os.environ.get("FAKE_TRAIN_STOP"):
     sys.exit(75)  # stopped at its time limit
+if os.environ.get("FAKE_TRAIN_OTHER"):
+    # a second sweep in the same runs dir takes (and maybe finishes) the run it names meanwhile
+    import subprocess
+    other, finish = os.environ["FAKE_TRAIN_OTHER"].split(":")
+    code = ("import sys, time; from mamlpp.runs.tracking import RunDirectory; "
+            "d = RunDirectory(sys.argv[1]); d.path.mkdir(parents=True, exist_ok=True); d.lock(); "
+            "print(flush=True); time.sleep(float(sys.argv[2]))")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(Path(a.runs_dir) / other),
+                               "0" if finish else "20"], stdout=subprocess.PIPE)
+    holder.stdout.readline()  # it holds the lock now
+    if finish:
+        holder.wait()
+        (Path(a.runs_dir) / other / "test.json").write_text(json.dumps({"accuracy": 0.5}))
+    else:
+        Path(os.environ["FAKE_TRAIN_CALLS"] + ".holder").write_text(str(holder.pid))
 (run / "test.json").write_text(json.dumps({"accuracy": 0.5}))
 """
 ROWS = ("omniglot_5way_1shot_maml", "omniglot_5way_1shot_mamlpp")
@@ -156,6 +174,33 @@ def test_one_job_per_gpu_with_logs(
     assert {c["gpu"] for c in _calls(fake_train)} <= {"3", "5"}
     for row in ROWS:
         assert (runs / ".sweep-logs" / f"{run_name(row, {}, 0, 'smoke')}.log").is_file()
+
+
+@pytest.mark.parametrize("finish", [False, True])
+def test_a_run_a_second_sweep_took_meanwhile_is_left_to_it(
+    fake_train: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finish: bool
+) -> None:
+    """Two sweeps in one runs dir: while this one trains its first run, the other starts (or
+    finishes) the second. This one must not launch it (its `mamlpp train` would refuse the held
+    run, exit 2) nor report a failure: it leaves the run to the other and exits 0."""
+    runs = tmp_path / "runs"
+    other = run_name(ROWS[1], {}, 0, "smoke")
+    monkeypatch.setenv("FAKE_TRAIN_OTHER", f"{other}:{'finish' if finish else ''}")
+    try:
+        code, out = _sweep_run(runs, "--jobs", "1")
+    finally:
+        holder = Path(f"{fake_train}.holder")
+        if holder.exists():
+            os.kill(int(holder.read_text()), 15)
+    assert code == 0, out
+    assert [c["run"] for c in _calls(fake_train)] == [run_name(ROWS[0], {}, 0, "smoke")]
+    assert "FAILED" not in out and "did not finish" not in out
+    if finish:
+        assert f"[2/2] not started: another process finished it meanwhile ({other})" in out
+        assert "All 2 runs of table1 are finished." in out
+    else:
+        assert "[2/2] not started: another process trains it (pid " in out
+        assert "1 run(s) were left to the other process(es)" in out
 
 
 def test_job_slots() -> None:

@@ -26,7 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -246,6 +247,11 @@ class Launch:
     returncode: int | None = None
     """None: not started (or not ended)."""
     seconds: float = 0.0
+    points: list[GridPoint] = field(default_factory=list)
+    """The grid points it trains (several: seeds together)."""
+    taken: str | None = None
+    """Why it was not started although its turn came: another process (a second sweep in the
+    same runs dir) trains or finished its runs meanwhile (`_Runner.claim`)."""
 
 
 class _Runner:
@@ -253,8 +259,16 @@ class _Runner:
     With a `deadline`, each launch gets what is left of it as its `--time-limit`, and none
     starts once it has passed."""
 
-    def __init__(self, envs: list[dict[str, str]], deadline: Deadline | None = None):
+    def __init__(
+        self,
+        envs: list[dict[str, str]],
+        deadline: Deadline | None = None,
+        claim: Callable[[Launch], str | None] | None = None,
+    ):
         self.deadline = deadline
+        self.claim = claim
+        """Called as a launch's turn comes: a reason not to start it (its runs are another
+        process's now), else None (it may also narrow the launch to its runs still free)."""
         self.slots: queue.Queue[dict[str, str]] = queue.Queue()
         for env in envs:
             self.slots.put(env)
@@ -274,6 +288,12 @@ class _Runner:
                 if left <= 0:
                     click.echo(f"{tag} not started: the time limit has passed ({launch.name})")
                     return launch
+            if self.claim is not None and (taken := self.claim(launch)) is not None:
+                launch.taken = taken
+                click.echo(f"{tag} not started: {taken} ({launch.name})")
+                return launch
+            if self.deadline is not None:
+                left = self.deadline.seconds - self.deadline.elapsed()
                 launch.argv = [*launch.argv, "--time-limit", f"{left / 60:.4f}"]
             log_note = f", log {launch.log}" if launch.log else ""
             click.echo(f"{tag} start {launch.name}{where}{log_note}")
@@ -388,12 +408,30 @@ def run_sweep(
         name = sweep.run_dir(group[0]).name
         log = log_dir / f"{name}.log" if n_jobs > 1 else None
         label = name + (f" and {len(group) - 1} more seed(s)" if len(group) > 1 else "")
-        launches.append(Launch(i, len(groups), label, [*prefix, *sweep.group_args(group)], log))
+        argv = [*prefix, *sweep.group_args(group)]
+        launches.append(Launch(i, len(groups), label, argv, log, points=list(group)))
     where = f"{len(gpus)} GPU(s)" if gpus else "the CPU"
     joint = f" in {len(groups)} processes (seeds together)" if len(groups) < len(todo) else ""
     click.echo(f"Training {len(todo)} runs{joint}, {n_jobs} at a time on {where}.")
 
-    runner = _Runner(slot_environments(n_jobs, gpus), deadline)
+    def claim(launch: Launch) -> str | None:
+        """Re-check a launch's runs as its turn comes: another sweep in the same runs dir may
+        have started or finished them since the plan (its `mamlpp train` would refuse a held
+        run, and this sweep would report that as a failure)."""
+        others = held_by_others(sweep, launch.points)
+        others.update({p: "finished" for p in launch.points if is_finished(sweep.run_dir(p))})
+        free = [p for p in launch.points if p not in others]
+        if not free:
+            holders = sorted(set(others.values()) - {"finished"})
+            if holders:
+                return f"another process trains it ({', '.join(holders)})"
+            return "another process finished it meanwhile"
+        if len(free) < len(launch.points):
+            launch.points = free
+            launch.argv = [*prefix, *sweep.group_args(free)]
+        return None
+
+    runner = _Runner(slot_environments(n_jobs, gpus), deadline, claim)
     threads: list[threading.Thread] = []
     work: queue.Queue[Launch] = queue.Queue()
     for launch in launches:
@@ -423,12 +461,20 @@ def run_sweep(
             "interrupted; the unfinished runs resume when you run the same command again"
         ) from None
 
-    stopped = [launch for launch in launches if launch.returncode in (None, TIME_LIMIT_EXIT)]
+    taken = [launch for launch in launches if launch.taken is not None]
+    stopped = [
+        launch
+        for launch in launches
+        if launch.taken is None and launch.returncode in (None, TIME_LIMIT_EXIT)
+    ]
     failed = [
         launch
-        for launch, group in zip(launches, groups, strict=True)
+        for launch in launches
         if launch not in stopped
-        and (launch.returncode != 0 or not all(is_finished(sweep.run_dir(p)) for p in group))
+        and launch not in taken
+        and (
+            launch.returncode != 0 or not all(is_finished(sweep.run_dir(p)) for p in launch.points)
+        )
     ]
     if failed:
         lines = "; ".join(
@@ -447,9 +493,10 @@ def run_sweep(
             f"{len(launches)} launches stopped at it or not started (every completed epoch is "
             "saved); run the same command to continue"
         )
-    if held:
+    left = [p for p in sweep.points if not is_finished(sweep.run_dir(p))]
+    if left:  # only runs left to others (held at the plan, or `claim`ed by them since) remain
         click.echo(
-            f"{len(held)} run(s) were left to the other process(es) training them; run the same "
+            f"{len(left)} run(s) were left to the other process(es) training them; run the same "
             "command again once they end to check that every run finished."
         )
         return
