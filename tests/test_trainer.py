@@ -220,3 +220,27 @@ def test_unwritable_runs_dir_gives_one_clear_line(tmp_path: Path) -> None:
 def test_test_command_rejects_a_folder_that_is_no_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["test", str(tmp_path)])
     assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tqdm redraws its bar with carriage returns several times a second: in a log file (a
+    sweep's .sweep-logs, `make table1 > log`, a SLURM job) it buries the epoch lines."""
+    import io
+    import sys
+
+    from mamlpp.runs import cli as runs_cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def progress(stderr: Any, no_progress: bool) -> bool:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        return runs_cli._train_options(None, "cpu", "off", no_progress, None).progress
+
+    assert progress(Terminal(), no_progress=False)
+    assert not progress(Terminal(), no_progress=True)
+    assert not progress(io.StringIO(), no_progress=False)  # a log file
+    closed = io.StringIO()
+    closed.close()
+    assert not progress(closed, no_progress=False)

@@ -82,7 +82,12 @@ def format_result(result: dict[str, float]) -> str:
     help="W&B mirror (default: $WANDB_MODE, else offline; no account needed offline).",
 )
 @_device("train")
-@click.option("--no-progress", is_flag=True, help="No progress bar (epoch summaries stay).")
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="No progress bar (epoch summaries stay). There is none either when stderr is not a "
+    "terminal (a log file, a sweep's .sweep-logs, a SLURM job).",
+)
 @time_limit_option(
     "Stop cleanly before an epoch (or the test) that would end after this many minutes "
     "of this command (exit status 75); the same command resumes. Prints how long the rest "
@@ -157,16 +162,25 @@ def _train_options(
     deadline: Deadline | None,
 ) -> RunOptions:  # fmt: skip
     """`mamlpp train`'s run options: epoch lines on the console, SIGTERM/SIGINT and the time
-    limit stop cleanly."""
+    limit stop cleanly. The progress bar only on a terminal: redrawn with carriage returns
+    several times a second, it would bury the epoch lines of a log file."""
     return RunOptions(
         data_root=data_root,
         device=resolve_device(device),
         wandb=resolve_wandb_mode(wandb_mode),
-        progress=not no_progress,
+        progress=not no_progress and _is_terminal(sys.stderr),
         log=click.echo,
         stop_on_signals=True,
         deadline=deadline,
     )
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Whether `stream` (where tqdm draws the bar) is a terminal."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def _train_seeds(
