@@ -7,6 +7,7 @@ writes `test.json`, so these tests check the runner's logic without training any
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -52,6 +53,10 @@ with open(os.environ["FAKE_TRAIN_CALLS"], "a") as f:
                         "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
 if a.preset == os.environ.get("FAKE_TRAIN_FAIL"):
     sys.exit(3)
+if os.environ.get("FAKE_TRAIN_SLEEP"):  # a long run: its pid, then a wait for a signal
+    import time
+    Path(os.environ["FAKE_TRAIN_CALLS"] + ".pid").write_text(str(os.getpid()))
+    time.sleep(float(os.environ["FAKE_TRAIN_SLEEP"]))
 if a.preset == os.environ.get("FAKE_TRAIN_STOP"):
     sys.exit(75)  # stopped at its time limit
 if os.environ.get("FAKE_TRAIN_OTHER"):
@@ -201,6 +206,46 @@ def test_a_run_a_second_sweep_took_meanwhile_is_left_to_it(
     else:
         assert "[2/2] not started: another process trains it (pid " in out
         assert "1 run(s) were left to the other process(es)" in out
+
+
+def test_sigterm_stops_the_sweep_and_its_runs(
+    fake_train: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kill PID` of the sweep (a container's stop, a scheduler) must stop its `mamlpp train`
+    children too, not leave them training on, orphaned, holding their runs' locks; it exits
+    143 with the rerun advice, as `mamlpp train` does."""
+    import signal
+    import time
+
+    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "60")
+    pid_file = Path(f"{fake_train}.pid")
+    args = ["sweep", "run", "table1", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs")]
+    args += ["--preset", ROWS[0], "--preset", ROWS[1], "--seed", "0", "--jobs", "1"]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "mamlpp.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    child = 0
+    try:
+        for _ in range(300):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        sweep.send_signal(signal.SIGTERM)
+        out, err = sweep.communicate(timeout=30)
+        assert sweep.returncode == 128 + signal.SIGTERM, out + err
+        assert "stopped by SIGTERM" in err and "run the same command to continue" in err
+        assert "Traceback" not in err and "FAILED" not in out
+        with pytest.raises(ProcessLookupError):  # stopped and reaped by the sweep
+            os.kill(child, 0)
+        assert len(_calls(fake_train)) == 1  # the second run never started
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
 
 def test_job_slots() -> None:

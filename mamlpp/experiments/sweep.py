@@ -18,15 +18,17 @@ produce the same run directories (and W&B runs) as the local runner.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,7 +257,8 @@ class Launch:
 
 
 class _Runner:
-    """Runs launches on a fixed set of job slots; Ctrl-C terminates the children (they resume).
+    """Runs launches on a fixed set of job slots; Ctrl-C or SIGTERM terminates the children (they
+    resume).
     With a `deadline`, each launch gets what is left of it as its `--time-limit`, and none
     starts once it has passed."""
 
@@ -274,6 +277,8 @@ class _Runner:
             self.slots.put(env)
         self.lock = threading.Lock()
         self.children: set[subprocess.Popen[bytes]] = set()
+        self.closed = False
+        """Set by `terminate_all`: no child starts after it."""
         self.parallel = len(envs) > 1
 
     def run(self, launch: Launch) -> Launch:
@@ -300,9 +305,7 @@ class _Runner:
             start = time.monotonic()
             launch.returncode = self._call(launch, {**os.environ, **env})
             launch.seconds = time.monotonic() - start
-            status = {0: "done", TIME_LIMIT_EXIT: "stopped at the time limit"}.get(
-                launch.returncode, f"FAILED (exit {launch.returncode})"
-            )
+            status = _status(launch.returncode)
             click.echo(f"{tag} {status} {launch.name} in {_duration(launch.seconds)}")
             return launch
         finally:
@@ -313,13 +316,17 @@ class _Runner:
         if launch.log is not None:
             launch.log.parent.mkdir(parents=True, exist_ok=True)
             out = launch.log.open("ab")
-        try:
-            proc = subprocess.Popen(
-                launch.argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None
-            )
-        except OSError as e:
-            raise MamlppError(f"cannot start {launch.argv[0]!r}: {e}") from None
         with self.lock:
+            if self.closed:
+                if out is not None:
+                    out.close()
+                return 128 + signal.SIGTERM
+            try:
+                proc = subprocess.Popen(
+                    launch.argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None
+                )
+            except OSError as e:
+                raise MamlppError(f"cannot start {launch.argv[0]!r}: {e}") from None
             self.children.add(proc)
         try:
             return proc.wait()
@@ -331,6 +338,7 @@ class _Runner:
 
     def terminate_all(self) -> None:
         with self.lock:
+            self.closed = True
             children = list(self.children)
         for proc in children:
             proc.terminate()
@@ -450,13 +458,16 @@ def run_sweep(
         t.start()
         threads.append(t)
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.5)
-    except KeyboardInterrupt:
+        with _terminate_raises():
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.5)
+    except (KeyboardInterrupt, SweepTerminated) as e:
         while not work.empty():  # start nothing new
             work.get_nowait()
-        runner.terminate_all()
+        runner.terminate_all()  # SIGTERM: each run stops cleanly at its next iteration
+        if isinstance(e, SweepTerminated):
+            raise
         raise MamlppError(
             "interrupted; the unfinished runs resume when you run the same command again"
         ) from None
@@ -507,6 +518,32 @@ class SweepStopped(Exception):  # noqa: N818 (a stop, not a failure)
     """The sweep's time limit stopped or held back some launches; exit `TIME_LIMIT_EXIT`."""
 
 
+class SweepTerminated(Exception):  # noqa: N818 (a request, not a failure)
+    """SIGTERM reached the sweep (`kill PID`, a container's stop, a scheduler): its runs are
+    stopped in turn; exit 128 + SIGTERM, as `mamlpp train` does."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises SweepTerminated in the main thread (it would otherwise end
+    the sweep at once and leave its `mamlpp train` children training on, orphaned, holding
+    their runs' locks). Outside the main thread nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SweepTerminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _submit(sweep: Sweep, todo: list[GridPoint], prefix: list[str], slurm: SlurmOptions) -> None:
     try:
         sweep.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -522,6 +559,19 @@ def _submit(sweep: Sweep, todo: list[GridPoint], prefix: list[str], slurm: Slurm
             "runs are skipped, unfinished ones resume"
         )
     click.echo(f"All {len(sweep.points)} runs of {sweep.experiment.name} are finished.")
+
+
+def _status(returncode: int) -> str:
+    """A launch's end in words: a run stopped by a signal (`mamlpp train` exits 128 + it,
+    after a clean stop) is not reported as a failure of its own."""
+    if returncode == 0:
+        return "done"
+    if returncode == TIME_LIMIT_EXIT:
+        return "stopped at the time limit"
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if returncode in (128 + signum, -signum):
+            return f"stopped by {signum.name} (exit {returncode})"
+    return f"FAILED (exit {returncode})"
 
 
 def _duration(seconds: float) -> str:
@@ -708,6 +758,13 @@ def run_command(
     except SweepStopped as e:
         click.echo(str(e), err=True)
         sys.exit(TIME_LIMIT_EXIT)
+    except SweepTerminated as e:
+        click.echo(
+            "stopped by SIGTERM: the runs in progress were stopped (every completed epoch is "
+            "saved); run the same command to continue",
+            err=True,
+        )
+        sys.exit(e.exit_code)
 
 
 @sweep.command("export")
