@@ -272,6 +272,24 @@ def test_wandb_runs_are_cached_as_run_directories(tmp_path: Path) -> None:
     assert fake.scans == 1  # a finished, cached run is not downloaded again
 
 
+def test_wandb_import_writes_one_line_per_integer_epoch(tmp_path: Path) -> None:
+    """The mirror's history as W&B returns it: the run ends with the learned-lr chart logged as a
+    step of its own that repeats the last epoch (tests/test_tracking.py reads it from an offline
+    run), and an epoch may come back as a float; metrics.jsonl still holds one line per epoch,
+    equal to the local one."""
+    source = write_run(tmp_path / "remote", "omniglot_20way_1shot_mamlpp", 1, test_accuracy=None)
+    fake = _FakeWandbRun(source)
+    last = fake.rows[-1]["epoch"]
+    fake.rows = [{**row, "epoch": float(row["epoch"])} for row in fake.rows] + [
+        {"_step": len(fake.rows), "epoch": last, "charts/learned_lr": {"_type": "html-file"}}
+    ]
+    import_wandb("team/mamlpp", tmp_path / "cache", api=_FakeApi([fake]))
+    (run,) = load_runs(tmp_path / "cache")
+    local = [json.loads(line) for line in (source / "metrics.jsonl").read_text().splitlines()]
+    assert run.metrics() == local
+    assert all(type(row["epoch"]) is int for row in run.metrics())
+
+
 def test_wandb_import_never_overwrites_a_local_run_and_checks_the_project_name(
     tmp_path: Path,
 ) -> None:

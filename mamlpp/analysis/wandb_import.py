@@ -8,10 +8,12 @@ the run-directory format (docs/run-directory.md), from the run's config, its ful
   (``{**Config.to_dict(), "run": {...}}``); the ``{"config", "run"}`` layout of ``config.json``
   and a bare ``Config.to_dict()`` (identity from its ``preset``/``seed``/``scale`` fields and the
   W&B run name) are accepted too.
-* ``metrics.jsonl``: every history row with an ``epoch`` key and no ``iteration`` key, W&B's own
-  ``_step``/``_runtime``/``_timestamp`` keys dropped; ``iterations.jsonl``: rows with an
-  ``iteration`` key (when the run logged them; mamlpp's mirror does not, so runs imported from
-  W&B give no stability figure).
+* ``metrics.jsonl``: one line per epoch from the history rows with an ``epoch`` key and no
+  ``iteration`` key, W&B's own ``_step``/``_runtime``/``_timestamp`` keys and media dropped; rows
+  of one epoch are merged in step order (the mirror's last step, the learned-lr chart, repeats
+  the last epoch with no metric), and an integral float epoch (``3.0``) is written as an integer;
+  ``iterations.jsonl``: rows with an ``iteration`` key (when the run logged them; mamlpp's mirror
+  does not, so runs imported from W&B give no stability figure).
 * ``test.json``: the run's ``test.json`` file when it was saved to W&B, else the summary's
   ``test/<field>`` keys; absent (the run counts as unfinished) when neither exists.
 
@@ -95,7 +97,8 @@ def import_run(wandb_run: Any, runs_dir: Path) -> Path | None:
             return folder
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(doc, indent=2))
-    metrics, iterations = [], []
+    metrics: dict[Any, dict[str, Any]] = {}
+    iterations = []
     for row in wandb_run.scan_history():
         # Scalars only: W&B's own _step/_runtime keys and media such as lslr_table are dropped.
         clean = {
@@ -108,8 +111,11 @@ def import_run(wandb_run: Any, runs_dir: Path) -> Path | None:
         if "iteration" in clean:
             iterations.append(clean)
         elif "epoch" in clean:
-            metrics.append(clean)
-    _write_jsonl(folder / "metrics.jsonl", sorted(metrics, key=lambda r: r["epoch"]))
+            epoch = clean["epoch"]
+            if isinstance(epoch, float) and epoch.is_integer():
+                clean["epoch"] = epoch = int(epoch)
+            metrics.setdefault(epoch, {}).update(clean)
+    _write_jsonl(folder / "metrics.jsonl", [metrics[e] for e in sorted(metrics)])
     if iterations:
         _write_jsonl(folder / "iterations.jsonl", sorted(iterations, key=lambda r: r["iteration"]))
     test = _test_doc(wandb_run, folder)
