@@ -84,3 +84,8 @@ def test_paper_scale_has_no_smoke_label_and_one_seed_has_no_std(tmp_path: Path) 
     assert table["note"].tolist() == [""]
     assert math.isnan(table["std"].item())
     assert table["mean"].item() == pytest.approx(97.0)
+    (written,) = write_tables(load_runs(tmp_path), tmp_path / "out", COMMAND)
+    (row,) = [line for line in written.files["md"].read_text().splitlines() if "| omniglot" in line]
+    assert "| 97.00 " in row and row.count("±") == 1  # the paper's std only
+    assert r"$97.00$ &" in written.files["tex"].read_text()
+    assert pd.isna(pd.read_csv(written.files["csv"])["std"].item())

@@ -4,8 +4,8 @@ Runs are grouped into experiments by preset prefix (``omniglot_*`` -> Table 1,
 ``miniimagenet_*`` -> Table 2, ``stability_*`` -> the Figure 2 runs, anything else -> other
 runs), one table per experiment and scale. Rows follow the paper's order
 (``mamlpp.presets.PRESETS``); a preset run with overrides is a row of its own. Accuracies are
-percentages (the files hold fractions); std is the sample standard deviation over seeds (ddof=1,
-"–" with one seed). Only finished runs (with ``test.json``) count; unfinished ones are counted in
+percentages (the files hold fractions); std is the sample standard deviation over seeds (ddof=1;
+with one seed there is none: the accuracy shows the mean alone and the CSV's std is empty). Only finished runs (with ``test.json``) count; unfinished ones are counted in
 their own column, so a missing seed shows as a smaller n, never as an error. Runs of another
 fidelity (`Config.fidelity`, docs/fidelity.md) are rows of their own with a 'fidelity' column.
 The paper column marks how sure each value is (`mamlpp.presets.Preset.paper_status`): '*' for a
