@@ -172,3 +172,28 @@ def test_wandb_mirror_plots_against_epoch_and_carries_the_lr_chart(tmp_path: Pat
     figure, _ = json.JSONDecoder().raw_decode(call[call.index("[") :])
     assert figure[0]["y"][:3] == pytest.approx([example_rate(1, 1, p) for p in range(3)])
     assert text.count('"label":"') >= 3 and "cdn.plot.ly" in text
+
+
+def test_wandb_group_holds_the_seeds_of_one_table_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B aggregates a group's runs into one curve: the group is the run name without the seed,
+    so smoke and paper scale, or a preset with and without overrides, never share one."""
+    from mamlpp.config import apply_scale
+    from mamlpp.presets import get_preset
+    from mamlpp.runs import trainer
+
+    seen: list[dict[str, object]] = []
+    monkeypatch.setattr(trainer, "WandbMirror", lambda *a, **kw: seen.append(kw))
+    groups = {}
+    for overrides, seed, scale in [([], 0, "smoke"), ([], 1, "smoke"), ([], 0, "paper"),
+                                   (["inner.steps=3"], 0, "smoke")]:  # fmt: skip
+        name = run_name("omniglot_5way_1shot_mamlpp", overrides, seed, scale)
+        config = apply_scale(get_preset("omniglot_5way_1shot_mamlpp").config, scale)
+        trainer.open_mirror(RunDirectory(tmp_path / name), config, {"name": name}, "offline")
+        groups[(tuple(overrides), seed, scale)] = seen[-1]["group"]
+    assert groups[((), 0, "smoke")] == "omniglot_5way_1shot_mamlpp__default__smoke"
+    assert groups[((), 1, "smoke")] == groups[((), 0, "smoke")]
+    assert len({groups[((), 0, "smoke")], groups[((), 0, "paper")],
+                groups[(("inner.steps=3",), 0, "smoke")]}) == 3  # fmt: skip
+    assert "preset:omniglot_5way_1shot_mamlpp" in seen[-1]["tags"]  # type: ignore[operator]

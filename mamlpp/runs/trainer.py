@@ -12,6 +12,7 @@ validation accuracy each adapt to every test task and vote as an ensemble (`maml
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -370,10 +371,20 @@ def default_episodes() -> EpisodeFactory:
 def open_mirror(
     run_dir: RunDirectory, config: Config, run: Mapping[str, Any], mode: WandbMode
 ) -> WandbMirror:
+    """The run's W&B mirror. Its group is the run name without the seed (preset, overrides and
+    scale), so the runs W&B aggregates in a group differ only in the seed, as a row of the
+    report's tables; the preset is a tag."""
     commit = run.get("git_commit") or "unknown"
-    tags = [f"seed:{config.seed}", f"scale:{config.scale}", f"commit:{commit[:12]}"]
+    tags = [
+        f"preset:{config.preset}", f"seed:{config.seed}", f"scale:{config.scale}",
+        f"commit:{commit[:12]}",
+    ]  # fmt: skip
+    group = str(run["name"])
+    parts = group.rsplit("__", 2)  # <preset>__<overrides>, seed<S>, <scale>
+    if len(parts) == 3 and re.fullmatch(r"seed-?\d+", parts[1]):
+        group = f"{parts[0]}__{parts[2]}"
     return WandbMirror(
-        mode, run_dir.path, name=str(run["name"]), group=config.preset, tags=tags,
+        mode, run_dir.path, name=str(run["name"]), group=group, tags=tags,
         config={**config.to_dict(), "run": dict(run)}, run_id=run.get("wandb_id"),
     )  # fmt: skip
 
