@@ -159,3 +159,25 @@ def test_unwritable_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("MAMLPP_CACHE", str(tmp_path / "a-file" / "cache"))
     assert_user_error(cli("data", "prepare", "miniimagenet", "--root", str(tmp_path)), "MAMLPP_CACHE")
+
+
+def test_empty_class_folder_is_named(tmp_path: Path) -> None:
+    folder = write_format(tmp_path / "miniimagenet", "folders", fixture_images())
+    for image in (folder / "val" / "n00000007").iterdir():
+        image.unlink()  # an empty class folder, not a ValueError from np.stack
+    assert_user_error(
+        cli("data", "prepare", "miniimagenet", "--root", str(tmp_path)), "class n00000007", "val split has no images"
+    )
+
+
+def test_pickle_indices_beyond_its_images_are_named(tmp_path: Path) -> None:
+    import pickle
+
+    folder = write_format(tmp_path / "miniimagenet", "pickle", fixture_images())
+    path = folder / "mini-imagenet-cache-train.pkl"
+    data = pickle.loads(path.read_bytes())
+    data["class_dict"]["n00000002"] = [4, 5, 6, 999]  # not an IndexError from numpy
+    path.write_bytes(pickle.dumps(data))
+    assert_user_error(
+        cli("data", "prepare", "miniimagenet", "--root", str(tmp_path)), str(path), "class n00000002", "0..23"
+    )

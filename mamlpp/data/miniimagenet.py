@@ -90,6 +90,11 @@ def _decode_files(listing: dict[str, dict[str, list[Path]]]) -> ImageSets:
                 if not path.is_file():
                     raise DataError(f"image {path} listed for class {name} is missing; {FIX}")
                 images.append(rgb_pixels(open_image(path.read_bytes(), str(path), FIX), IMAGE_SIZE))
+            if not images:
+                raise DataError(
+                    f"class {name} of the mini-ImageNet {split} split has no images "
+                    f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove its folder or {FIX}"
+                )
             decoded.append((name, np.stack(images)))
         sets[split] = _nonempty(split, decoded)
     return sets
@@ -120,12 +125,27 @@ def _load_pickle(path: Path) -> dict:
     return {"images": images, "class_dict": class_dict}
 
 
+def _class_indices(path: Path, name: object, indices: object, num_images: int) -> np.ndarray:
+    """A pickle's image indices of one class, checked against its `image_data`."""
+    try:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        idx = None
+    if idx is None or (len(idx) and (idx.min() < 0 or idx.max() >= num_images)):
+        raise DataError(
+            f"{path} lists images {indices!r:.60} for class {name}, but its image_data holds "
+            f"images 0..{num_images - 1} only; {FIX}"
+        )
+    return idx
+
+
 def _decode_pickles(folder: Path) -> ImageSets:
     sets = {}
     for split, name in PICKLE_SPLIT.items():
-        data = _load_pickle(folder / f"mini-imagenet-cache-{name}.pkl")
+        path = folder / f"mini-imagenet-cache-{name}.pkl"
+        data = _load_pickle(path)
         chw = data["images"].transpose(0, 3, 1, 2)
-        classes = [(str(c), chw[np.asarray(idx, dtype=np.int64)]) for c, idx in sorted(data["class_dict"].items())]
+        classes = [(str(c), chw[_class_indices(path, c, idx, len(chw))]) for c, idx in sorted(data["class_dict"].items())]
         sets[split] = _nonempty(split, classes)
     return sets
 
