@@ -181,3 +181,20 @@ def test_pickle_indices_beyond_its_images_are_named(tmp_path: Path) -> None:
     assert_user_error(
         cli("data", "prepare", "miniimagenet", "--root", str(tmp_path)), str(path), "class n00000002", "0..23"
     )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "remove", "named"),
+    [
+        ("folders", "test", "test/ of the folders layout"),
+        ("csv", "val.csv", "val.csv of the csv layout"),
+        ("pickle", "mini-imagenet-cache-validation.pkl", "mini-imagenet-cache-validation.pkl of the pickle layout"),
+    ],
+)
+def test_a_missing_split_is_named(tmp_path: Path, fmt: str, remove: str, named: str) -> None:
+    import shutil
+
+    folder = write_format(tmp_path / "miniimagenet", fmt, fixture_images())
+    gone = folder / remove
+    shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
+    assert_user_error(cli("data", "check", "miniimagenet", "--root", str(tmp_path)), "lacks " + named, "expected images/")

@@ -41,11 +41,32 @@ def detect_format(folder: Path) -> str | None:
     return None
 
 
+def _partial_layouts(folder: Path) -> list[str]:
+    """What each layout of which `folder` holds some but not all pieces lacks, e.g. 'test/'."""
+    pieces = {
+        "csv": ["images/", *(f"{s}.csv" for s in SPLITS)],
+        "pickle": [f"mini-imagenet-cache-{p}.pkl" for p in PICKLE_SPLIT.values()],
+        "folders": [f"{s}/" for s in SPLITS],
+    }
+    out = []
+    for layout, names in pieces.items():
+        missing = [n for n in names if not (folder / n.rstrip("/")).exists()]
+        if 0 < len(missing) < len(names):
+            out.append(f"{' and '.join(missing)} of the {layout} layout")
+    return out
+
+
 def find_source(root: str | Path | None) -> tuple[Path, str]:
-    """(dataset folder, format name); DataError when no known layout is there."""
+    """(dataset folder, format name); DataError when no known layout is there, naming what a
+    partly present layout lacks (a missing split)."""
     folder = dataset_dir(root, "miniimagenet", lambda p: detect_format(p) is not None)
     fmt = detect_format(folder)
     if fmt is None:
+        partial = _partial_layouts(folder)
+        if partial:
+            raise DataError(
+                f"mini-ImageNet in {folder} lacks {'; and '.join(partial)}; expected {LAYOUTS}"
+            )
         raise DataError(f"no mini-ImageNet layout recognised in {folder}; expected {LAYOUTS}")
     return folder, fmt
 
