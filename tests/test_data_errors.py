@@ -198,3 +198,14 @@ def test_a_missing_split_is_named(tmp_path: Path, fmt: str, remove: str, named: 
     gone = folder / remove
     shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
     assert_user_error(cli("data", "check", "miniimagenet", "--root", str(tmp_path)), "lacks " + named, "expected images/")
+
+
+@pytest.mark.parametrize("command", ["check", "prepare"])
+def test_a_class_in_two_splits_is_refused(tmp_path: Path, command: str) -> None:
+    data = fixture_images()
+    data["test"]["n00000001"] = data["train"]["n00000001"]  # a training class among the test classes
+    write_format(tmp_path / "miniimagenet", "csv", data)
+    assert_user_error(
+        cli("data", command, "miniimagenet", "--root", str(tmp_path)),
+        "class n00000001 is in both the train and the test split",
+    )

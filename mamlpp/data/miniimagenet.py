@@ -190,9 +190,23 @@ def count_classes(root: str | Path | None) -> tuple[Path, str, dict[str, dict[st
         for split, name in PICKLE_SPLIT.items():
             cd = _load_pickle(folder / f"mini-imagenet-cache-{name}.pkl")["class_dict"]
             counts[split] = {str(c): len(v) for c, v in cd.items()}
-        return folder, fmt, counts
-    listing = _listing(folder, fmt)
-    return folder, fmt, {s: {c: len(ps) for c, ps in cl.items()} for s, cl in listing.items()}
+    else:
+        listing = _listing(folder, fmt)
+        counts = {s: {c: len(ps) for c, ps in cl.items()} for s, cl in listing.items()}
+    check_disjoint({s: list(c) for s, c in counts.items()}, folder)
+    return folder, fmt, counts
+
+
+def check_disjoint(class_names: dict[str, list[str]], folder: Path) -> None:
+    """No class in two splits (its test tasks would be classes the learner trained on)."""
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            shared = sorted(set(class_names[a]) & set(class_names[b]))
+            if shared:
+                raise DataError(
+                    f"mini-ImageNet in {folder}: class {shared[0]} is in both the {a} and the {b} "
+                    f"split ({len(shared)} shared); few-shot splits need disjoint classes; {FIX}"
+                )
 
 
 def source_key(folder: Path, fmt: str) -> str:
@@ -200,8 +214,11 @@ def source_key(folder: Path, fmt: str) -> str:
 
 
 def decode(folder: Path, fmt: str) -> ImageSets:
-    """Every image of the source decoded (DataError naming a file that does not decode)."""
-    return _decode_pickles(folder) if fmt == "pickle" else _decode_files(_listing(folder, fmt))
+    """Every image of the source decoded (DataError naming a file that does not decode, or a
+    class in two splits)."""
+    sets = _decode_pickles(folder) if fmt == "pickle" else _decode_files(_listing(folder, fmt))
+    check_disjoint({s: list(v.class_names) for s, v in sets.items()}, folder)
+    return sets
 
 
 def load(root: str | Path | None, rebuild: bool = False) -> tuple[ImageSets, Path]:
