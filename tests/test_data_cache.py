@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from mamlpp.data.cache import cache_root, content_key
 
@@ -49,3 +54,42 @@ def test_a_killed_builds_leftovers_are_removed_later(tmp_path: Path) -> None:
     assert not stale.exists() and fresh.exists()
     cached = load_cache("synthetic", "k1")
     assert cached is not None and cached["val"].class_names == ("c",)
+
+
+def _tiny_sets() -> dict:
+    import numpy as np
+
+    from mamlpp.data.cache import SplitImages
+
+    split = SplitImages.from_classes(
+        [("a", np.arange(32, dtype=np.uint8).reshape(2, 1, 4, 4)), ("b", np.ones((3, 1, 4, 4), np.uint8))]
+    )
+    return {"train": split, "val": split, "test": split}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: m.pop("splits"),
+        lambda m: m["splits"]["val"].update(classes=["a"]),  # 1 name for 2 counts
+        lambda m: m["splits"]["test"].update(counts="23"),
+        lambda m: m.update(sha256=["x"]),
+    ],
+)
+def test_a_damaged_meta_json_is_a_data_error(damage: Callable[[dict], object]) -> None:
+    from mamlpp.data.cache import cache_dir, load_cache, write_cache
+    from mamlpp.errors import DataError
+
+    write_cache("synthetic", "meta1", _tiny_sets(), "test")
+    path = cache_dir("synthetic", "meta1") / "meta.json"
+    meta = json.loads(path.read_text())
+    damage(meta)
+    path.write_text(json.dumps(meta))
+    try:
+        with pytest.raises(DataError, match=r"damaged meta.json .*--rebuild"):
+            load_cache("synthetic", "meta1")
+        path.write_text("[]")
+        with pytest.raises(DataError, match="not a cache's"):
+            load_cache("synthetic", "meta1")
+    finally:
+        shutil.rmtree(path.parent)

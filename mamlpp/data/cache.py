@@ -117,17 +117,35 @@ def load_cache(dataset: str, key: str) -> ImageSets | None:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"cache {folder} has no readable meta.json ({e}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"cache {folder} has a meta.json that is not a cache's; {fix}")
     if meta.get("format") != CACHE_FORMAT or meta.get("source_key") != key:
         raise DataError(
             f"cache {folder} was built from another source version (format "
             f"{meta.get('format')}, source {meta.get('source_key')}; expected format "
             f"{CACHE_FORMAT}, source {key}); {fix}"
         )
-    sums = meta.get("sha256", {})  # caches written before checksums have none
-    return {
-        split: _load_split(folder, split, meta["splits"][split], fix, sums.get(split))
-        for split in SPLITS
-    }
+    try:
+        sums = meta.get("sha256") or {}  # caches written before checksums have none
+        splits = {s: _split_meta(meta["splits"][s]) for s in SPLITS}
+        return {s: _load_split(folder, s, splits[s], fix, sums.get(s)) for s in SPLITS}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(
+            f"cache {folder} has a damaged meta.json ({type(e).__name__}: {e}); {fix}"
+        ) from None
+
+
+def _split_meta(meta: dict) -> dict:
+    """A split's entry of meta.json, checked: as many class names as counts, counts >= 0."""
+    classes, counts = meta["classes"], meta["counts"]
+    if (
+        not isinstance(classes, list)
+        or not isinstance(counts, list)
+        or len(classes) != len(counts)
+        or not all(isinstance(n, int) and n >= 0 for n in counts)
+    ):
+        raise ValueError("its class names and counts do not match")
+    return meta
 
 
 def file_sha256(path: Path) -> str:
