@@ -93,3 +93,14 @@ def test_a_damaged_meta_json_is_a_data_error(damage: Callable[[dict], object]) -
             load_cache("synthetic", "meta1")
     finally:
         shutil.rmtree(path.parent)
+
+
+@pytest.mark.parametrize("memo_text", ["", "garbage\n", "0123456789abcdef012"])
+def test_a_damaged_key_memo_is_recomputed_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memo_text: str) -> None:
+    monkeypatch.setenv("MAMLPP_CACHE", str(tmp_path / "cache"))
+    files = _source(tmp_path / "src", b"hello")
+    key = content_key(files, tmp_path / "src")
+    [memo] = (cache_root() / "keys").glob("*.txt")
+    memo.write_text(memo_text)  # e.g. a disk filled up while it was written
+    assert content_key(files, tmp_path / "src") == key  # not '' (the cache folder 'omniglot-')
+    assert memo.read_text() == key  # and rewritten

@@ -70,8 +70,10 @@ def content_key(files: Iterable[Path], base: Path, salt: str = "") -> str:
     content changes gets a new size or time, hence a new signature and a freshly hashed key."""
     files = sorted(files)
     memo = cache_root() / "keys" / f"{_stat_signature(files, base, salt)}.txt"
-    if memo.is_file():
-        return memo.read_text().strip()
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        remembered = memo.read_text().strip()
+        if _is_key(remembered):  # a damaged memo is ignored (and rewritten), never a key
+            return remembered
     h = hashlib.sha256(salt.encode())
     for path in files:
         h.update(str(path.relative_to(base)).encode() + b"\0")
@@ -81,6 +83,10 @@ def content_key(files: Iterable[Path], base: Path, salt: str = "") -> str:
     key = h.hexdigest()[:20]
     _write_atomic(memo, key)
     return key
+
+
+def _is_key(text: str) -> bool:
+    return len(text) == 20 and all(c in "0123456789abcdef" for c in text)
 
 
 def _stat_signature(files: list[Path], base: Path, salt: str) -> str:
