@@ -104,3 +104,71 @@ def test_a_damaged_key_memo_is_recomputed_not_used(tmp_path: Path, monkeypatch: 
     memo.write_text(memo_text)  # e.g. a disk filled up while it was written
     assert content_key(files, tmp_path / "src") == key  # not '' (the cache folder 'omniglot-')
     assert memo.read_text() == key  # and rewritten
+
+
+def test_a_damaged_cache_file_is_refused_and_rebuild_repairs_it() -> None:
+    """docs/data.md: the .npy files are checked against meta.json's sha256 on every load."""
+    import numpy as np
+
+    from mamlpp.data.cache import cache_dir, load_cache, load_or_build, write_cache
+    from mamlpp.errors import DataError
+
+    write_cache("synthetic", "dmg", _tiny_sets(), "test")
+    path = cache_dir("synthetic", "dmg") / "train.npy"
+    good = path.read_bytes()
+    for damaged in (good[:-7], good[:-1] + bytes([good[-1] ^ 1]), b""):  # truncated, one bit, empty
+        path.write_bytes(damaged)
+        with pytest.raises(DataError, match=r"train.npy fails its checksum.*--rebuild"):
+            load_cache("synthetic", "dmg")
+    sets, _ = load_or_build("synthetic", "dmg", _tiny_sets, "test", rebuild=True)
+    assert np.array_equal(sets["train"].images, _tiny_sets()["train"].images)
+
+
+def test_concurrent_builds_of_one_cache_give_one_intact_cache() -> None:
+    import threading
+
+    import numpy as np
+
+    from mamlpp.data.cache import cache_dir, load_or_build
+
+    start = threading.Barrier(4)
+    results: list[object] = []
+
+    def build() -> dict:
+        start.wait()  # every builder is past its cache lookup: they all write at once
+        return _tiny_sets()
+
+    def one() -> None:
+        try:
+            results.append(load_or_build("synthetic", "race", build, "test")[0])
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            results.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and all(isinstance(r, dict) for r in results), results
+    for r in results:
+        assert np.array_equal(r["val"].images, _tiny_sets()["val"].images)  # type: ignore[index]
+    folder = cache_dir("synthetic", "race")
+    assert [p.name for p in folder.parent.glob(f".{folder.name}.tmp-*")] == []  # no leftovers
+
+
+def test_a_read_only_cache_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod does not stop root, so the refusal is simulated where the build creates its folder."""
+    from mamlpp.data import cache
+    from mamlpp.errors import DataError
+
+    monkeypatch.setenv("MAMLPP_CACHE", str(tmp_path / "ro"))
+    real_mkdir = Path.mkdir
+
+    def refused(self: Path, *args: object, **kwargs: object) -> None:
+        if str(self).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied", str(self))
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(DataError, match=r"cannot write the cache to .*Permission denied.*set MAMLPP_CACHE"):
+        cache.load_or_build("synthetic", "ro", _tiny_sets, "test")
