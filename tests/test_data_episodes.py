@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,3 +139,71 @@ def test_classes_of_unequal_sizes_only_yield_their_own_images() -> None:
         pixel_class = (b.support_x[0, :, 0, 0, 0] * 255).round().long()
         assert torch.equal(pixel_class, torch.from_numpy(classes[:, 0]))  # label j shows class j
     assert len(seen) > 0.9 * sum(sizes)  # all images of every class get drawn
+
+
+def _pinned_sampler(split: str, seed: int, shape: tuple[int, int, int, int, int], rotate: bool) -> EpisodeSampler:
+    from mamlpp.data import TO_FLOAT
+    from mamlpp.data.cache import SplitImages
+
+    c, m, n, k, q = shape
+    images = SplitImages(
+        np.zeros((c * m, 1, 1, 1), np.uint8), np.arange(c + 1, dtype=np.int64) * m, tuple(map(str, range(c)))
+    )
+    return EpisodeSampler(images, split, seed, n, k, q, rotate, TO_FLOAT["synthetic"])
+
+
+def test_episodes_are_pinned_across_processes_machines_and_versions() -> None:
+    """Episode i is a pure function of (content, split, seed, i) "on any machine": these values
+    were recorded in another process; a change here silently changes every run's tasks (and
+    breaks resuming a run started before it)."""
+    s = _pinned_sampler("train", 123, (10, 6, 3, 1, 2), rotate=True)
+    for index, picks, turns in [
+        (0, [[9, 7, 6], [29, 28, 25], [21, 20, 22]], [3, 2, 3]),
+        (2**40, [[33, 30, 35], [20, 22, 23], [55, 54, 57]], [3, 3, 3]),
+    ]:
+        got = s.episode(index)
+        assert got[0].tolist() == picks and got[1].tolist() == turns
+    val = _pinned_sampler("val", 0, (10, 6, 3, 1, 2), rotate=False).episode(0)
+    assert val[0].tolist() == [[42, 43, 47], [26, 28, 25], [31, 34, 35]] and val[1].tolist() == [0, 0, 0]
+    for shape, digest in [
+        ((1150, 20, 20, 1, 1), "213d8d0a21e0a448"),  # Omniglot train, 20-way 1-shot
+        ((1150, 20, 5, 5, 15), "f780a29c13eae263"),
+        ((64, 600, 5, 5, 15), "75128da940de810a"),  # mini-ImageNet train, 5-way 5-shot
+    ]:
+        picks, turns = _pinned_sampler("train", 123, shape, rotate=True).plan(range(100))
+        data = picks.astype("<i8").tobytes() + turns.astype("<i8").tobytes()
+        assert hashlib.sha256(data).hexdigest()[:16] == digest, shape
+
+
+def test_validation_tasks_do_not_depend_on_the_chunking() -> None:
+    """600 validation tasks as one batch == chunks of 8 (and of 7) concatenated."""
+    s = make_episodes(_config(n_way=5, k_shot=1, target_per_class=5), "val")
+    whole = s.batch(range(600))
+    for size in (8, 7):
+        parts = [s.batch(range(a, min(a + size, 600))) for a in range(0, 600, size)]
+        assert _same(whole, tuple(torch.cat(p) for p in zip(*parts, strict=True)))
+
+
+def test_training_meta_batches_follow_the_global_iteration_and_resume() -> None:
+    """Meta-batch t = tasks [t*B, (t+1)*B), t = epoch * iterations + i: every epoch draws new
+    tasks, and an epoch run alone (after a resume) draws the same ones as in sequence."""
+    from mamlpp.config import OuterConfig, ScheduleConfig
+    from mamlpp.engine.learner import StepResult
+    from mamlpp.runs.stops import StopRequest
+    from mamlpp.runs.trainer import iterate_epoch
+
+    cfg = replace(
+        _config(), outer=OuterConfig(meta_batch_size=2), schedule=ScheduleConfig(iterations_per_epoch=3)
+    )
+    seen: list[list[int]] = []
+
+    def step(indices: range) -> list[StepResult]:
+        seen.append(list(indices))
+        return [StepResult(0.0, 0.0, [], False, {}, [])]
+
+    for epoch in (0, 1):
+        iterate_epoch(step, [None], cfg, epoch, False, StopRequest())
+    assert seen == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]
+    seen.clear()
+    iterate_epoch(step, [None], cfg, 1, False, StopRequest())  # resumed at epoch 1
+    assert seen == [[6, 7], [8, 9], [10, 11]]
