@@ -119,3 +119,13 @@ def test_missing_listed_image_is_named(tmp_path: Path) -> None:
     gone.unlink()
     with pytest.raises(DataError, match=f"image {gone} is listed but missing"):
         load_splits("miniimagenet", tmp_path)
+
+
+def test_csvs_with_a_byte_order_mark_or_blank_lines_read_the_same(tmp_path: Path) -> None:
+    data = fixture_images()
+    folder = write_format(tmp_path / "miniimagenet", "csv", data)
+    for split in ("train", "test"):
+        text = (folder / f"{split}.csv").read_text()
+        (folder / f"{split}.csv").write_text("\ufeff" + text.replace("\n", "\r\n", 1) + "\n\n", encoding="utf-8")
+    sets = load_splits("miniimagenet", tmp_path)  # not 'image images/\ufefffilename is missing'
+    assert list(sets["train"].class_names) == sorted(data["train"]) and sets["test"].counts.tolist() == [4, 4, 4]

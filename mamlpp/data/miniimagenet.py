@@ -75,8 +75,10 @@ def _csv_listing(folder: Path) -> dict[str, dict[str, list[Path]]]:
     listing: dict[str, dict[str, list[Path]]] = {}
     for split in SPLITS:
         classes: dict[str, list[Path]] = defaultdict(list)
-        with open(folder / f"{split}.csv", newline="") as f:
+        with open(folder / f"{split}.csv", newline="", encoding="utf-8-sig") as f:  # BOM or not
             for row in csv.reader(f):
+                if not any(cell.strip() for cell in row):
+                    continue  # a blank line
                 if len(row) != 2:
                     raise DataError(f"{folder / split}.csv has a row {row!r}; expected filename,label")
                 if row == ["filename", "label"]:
