@@ -120,7 +120,9 @@ def test_corrupt_pickle_is_named(tmp_path: Path) -> None:
     assert_user_error(cli("data", "prepare", "miniimagenet", "--root", str(tmp_path)), str(bad), "truncated")
 
 
-def test_cache_from_another_source_version(tmp_path: Path) -> None:
+def test_cache_from_another_source_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # its own cache: the same fixture built by an earlier test has the same key and its source
+    monkeypatch.setenv("MAMLPP_CACHE", str(tmp_path / "cache"))
     write_format(tmp_path / "miniimagenet", "pickle", fixture_images())
     assert cli("data", "prepare", "miniimagenet", "--root", str(tmp_path)).exit_code == 0
     [meta_path] = [p for p in cache.cache_root().glob("miniimagenet-*/meta.json")
