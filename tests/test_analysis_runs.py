@@ -186,3 +186,25 @@ def test_a_real_tiny_training_run_is_read_as_the_contract_says(tmp_path: Path) -
     table = accuracy_table([run])
     assert table["n_seeds"].item() == 1
     assert table["mean"].item() == pytest.approx(100 * run.test["accuracy"])  # type: ignore[index]
+
+
+def test_a_copy_of_a_run_counts_once(tmp_path: Path) -> None:
+    import shutil
+
+    from mamlpp.analysis.tables import accuracy_table
+
+    finished = write_run(tmp_path, "omniglot_5way_1shot_mamlpp", 0, test_accuracy=0.9)
+    write_run(tmp_path, "omniglot_5way_1shot_mamlpp", 1, test_accuracy=0.8)
+    copy = tmp_path / "backup" / finished.name
+    shutil.copytree(finished, copy)
+    (copy / "test.json").unlink()  # the older, unfinished copy
+
+    with pytest.raises(RunsError, match=rf"2 run directories under .* hold the run {finished.name}"):
+        load_runs(tmp_path)
+    skipped: dict[Path, str] = {}
+    runs = load_runs(tmp_path, skipped)
+    assert sorted(str(r.path) for r in runs) == sorted([str(finished), str(tmp_path / finished.name.replace("seed0", "seed1"))])
+    assert list(skipped) == [copy]
+    assert f"another copy of the run {finished.name} (kept: {finished}, finished)" in skipped[copy]
+    row = accuracy_table(runs).set_index("preset").loc["omniglot_5way_1shot_mamlpp"]
+    assert row["n_seeds"] == 2 and row["mean"] == pytest.approx(85.0)

@@ -89,3 +89,11 @@ def test_paper_scale_has_no_smoke_label_and_one_seed_has_no_std(tmp_path: Path) 
     assert "| 97.00 " in row and row.count("±") == 1  # the paper's std only
     assert r"$97.00$ &" in written.files["tex"].read_text()
     assert pd.isna(pd.read_csv(written.files["csv"])["std"].item())
+
+
+def test_a_difference_that_rounds_to_zero_has_no_minus_sign() -> None:
+    from mamlpp.analysis.tables import _signed
+
+    assert [_signed(x) for x in (-0.001, 0.0, 0.004, -0.006, 1.234, math.nan)] == [
+        "+0.00", "+0.00", "+0.00", "-0.01", "+1.23", "–",
+    ]  # fmt: skip

@@ -159,8 +159,9 @@ def find_run_dirs(runs_dir: Path) -> list[Path]:
 def load_runs(runs_dir: str | Path, skipped: dict[Path, str] | None = None) -> list[Run]:
     """All runs under ``runs_dir``; a clear error when there is nothing to analyse. With
     ``skipped``, a run directory whose config.json, test.json or metrics.jsonl cannot be read is
-    left out and its reason recorded there (a report of the other runs beats none); without,
-    the first such directory is a RunsError."""
+    left out and its reason recorded there (a report of the other runs beats none), and so is
+    every copy of a run but one (`_one_per_run_name`); without, the first such directory is a
+    RunsError."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise RunsError(
@@ -179,6 +180,7 @@ def load_runs(runs_dir: str | Path, skipped: dict[Path, str] | None = None) -> l
             skipped[path] = str(e)
             continue
         runs.append(run)
+    runs = _one_per_run_name(runs, runs_dir, skipped)
     if not runs and skipped:
         path, reason = next(iter(skipped.items()))
         raise RunsError(
@@ -191,6 +193,38 @@ def load_runs(runs_dir: str | Path, skipped: dict[Path, str] | None = None) -> l
             f"(`mamlpp train ... --runs-dir {runs_dir}`) or pass the folder that holds the runs"
         )
     return runs
+
+
+def _one_per_run_name(
+    runs: list[Run], runs_dir: Path, skipped: dict[Path, str] | None
+) -> list[Run]:
+    """One run directory per run name (preset, overrides, seed, scale): a copy of a run under the
+    same runs dir (a backup, a second download) would count its seed twice in the tables. The
+    copy kept is the finished one, then the one with more epochs, then the first by path; the
+    others go to ``skipped``, or without it are a RunsError."""
+    copies: dict[str, list[Run]] = {}
+    for run in runs:
+        copies.setdefault(run.name, []).append(run)
+    left_out: set[Path] = set()
+    for name, group in copies.items():
+        if len(group) == 1:
+            continue
+        if skipped is None:
+            raise RunsError(
+                f"{len(group)} run directories under {runs_dir} hold the run {name}: "
+                f"{', '.join(str(r.path) for r in group)}; move all but one out of {runs_dir} so "
+                "that its seed counts once"
+            )
+        kept = max(group, key=lambda r: (r.finished, len(r.metrics()), -group.index(r)))
+        for run in group:
+            if run is not kept:
+                left_out.add(run.path)
+                skipped[run.path] = (
+                    f"another copy of the run {name} (kept: {kept.path}, "
+                    f"{'finished' if kept.finished else 'unfinished'}); left out so that its "
+                    "seed counts once"
+                )
+    return [r for r in runs if r.path not in left_out]
 
 
 # ---------------------------------------------------------------- frames

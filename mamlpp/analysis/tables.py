@@ -114,7 +114,10 @@ def _pm(mean: float, std: float, sep: str = " ± ") -> str:
 
 
 def _signed(x: float) -> str:
-    return "–" if math.isnan(x) else f"{x:+.2f}"
+    if math.isnan(x):
+        return "–"
+    text = f"{x:+.2f}"
+    return "+0.00" if text == "-0.00" else text  # a rounding of zero has no sign
 
 
 def display_table(table: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
