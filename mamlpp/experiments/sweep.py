@@ -288,18 +288,15 @@ class _Runner:
                 f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
             )
             tag = f"[{launch.index}/{launch.total}]"
-            if self.deadline is not None:
-                left = self.deadline.seconds - self.deadline.elapsed()
-                if left <= 0:
-                    click.echo(f"{tag} not started: the time limit has passed ({launch.name})")
-                    return launch
+            if self.deadline is not None and self.deadline.expired():
+                click.echo(f"{tag} not started: the time limit has passed ({launch.name})")
+                return launch
             if self.claim is not None and (taken := self.claim(launch)) is not None:
                 launch.taken = taken
                 click.echo(f"{tag} not started: {taken} ({launch.name})")
                 return launch
             if self.deadline is not None:
-                left = self.deadline.seconds - self.deadline.elapsed()
-                launch.argv = [*launch.argv, "--time-limit", f"{left / 60:.4f}"]
+                launch.argv = [*launch.argv, "--time-limit", f"{self.deadline.left() / 60:.4f}"]
             log_note = f", log {launch.log}" if launch.log else ""
             click.echo(f"{tag} start {launch.name}{where}{log_note}")
             start = time.monotonic()

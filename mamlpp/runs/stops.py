@@ -98,11 +98,15 @@ class Deadline:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
+    def left(self) -> float:
+        """Seconds of the budget left (negative once it has passed)."""
+        return self.seconds - self.elapsed()
+
     def expired(self) -> bool:
-        return self.elapsed() >= self.seconds
+        return self.left() <= 0
 
     def has_room_for(self, seconds: float) -> bool:
-        return self.elapsed() + seconds <= self.seconds
+        return seconds <= self.left()
 
 
 @dataclass
