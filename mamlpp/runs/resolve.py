@@ -47,6 +47,16 @@ def run_name(
     return f"{preset}__{slug}__seed{seed}__{scale}"
 
 
+def run_group(name: str) -> str:
+    """A run name (`run_name`) without its seed: ``<preset>__<slug>__<scale>``, the runs that
+    differ only in the seed (one row of the report's tables); a name of another form is its own
+    group."""
+    parts = name.rsplit("__", 2)  # <preset>__<slug>, seed<S>, <scale>
+    if len(parts) == 3 and re.fullmatch(r"seed-?\d+", parts[1]):
+        return f"{parts[0]}__{parts[2]}"
+    return name
+
+
 def _spell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 

@@ -12,7 +12,6 @@ validation accuracy each adapt to every test task and vote as an ensemble (`maml
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from mamlpp.runs.checkpoints import (
     missing_rows_warning,
     restore,
 )
-from mamlpp.runs.resolve import check_schedule, train_seed
+from mamlpp.runs.resolve import check_schedule, run_group, train_seed
 from mamlpp.runs.stops import (
     Deadline,
     RunStopped,
@@ -379,12 +378,8 @@ def open_mirror(
         f"preset:{config.preset}", f"seed:{config.seed}", f"scale:{config.scale}",
         f"commit:{commit[:12]}",
     ]  # fmt: skip
-    group = str(run["name"])
-    parts = group.rsplit("__", 2)  # <preset>__<overrides>, seed<S>, <scale>
-    if len(parts) == 3 and re.fullmatch(r"seed-?\d+", parts[1]):
-        group = f"{parts[0]}__{parts[2]}"
     return WandbMirror(
-        mode, run_dir.path, name=str(run["name"]), group=group, tags=tags,
+        mode, run_dir.path, name=str(run["name"]), group=run_group(str(run["name"])), tags=tags,
         config={**config.to_dict(), "run": dict(run)}, run_id=run.get("wandb_id"),
     )  # fmt: skip
 
