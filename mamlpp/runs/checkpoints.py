@@ -104,8 +104,10 @@ def restore(run_dir: RunDirectory, learner: MetaLearner, config: Config) -> tupl
         top_k = TopK.from_state(config.schedule.ensemble_top_k, state["top_k"])
         next_epoch = int(state["epoch"]) + 1
     run_dir.truncate_logs(next_epoch - 1)
-    for path in run_dir.checkpoints.glob("epoch_*.pt*"):
-        if path.suffix == ".tmp" or int(path.stem.split("_")[1]) not in top_k.epochs:
+    for path in run_dir.checkpoints.glob("epoch_*.pt.tmp"):
+        path.unlink()
+    for epoch, path in run_dir.epoch_checkpoints().items():
+        if epoch not in top_k.epochs:
             path.unlink()
     return next_epoch, top_k
 

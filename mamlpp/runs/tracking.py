@@ -215,6 +215,10 @@ class RunDirectory:
     def epoch_checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:03d}.pt"
 
+    def epoch_checkpoints(self) -> dict[int, Path]:
+        """The complete epoch checkpoints on disk (`epoch_checkpoint`'s files), by epoch."""
+        return {int(p.stem.split("_")[1]): p for p in self.checkpoints.glob("epoch_*.pt")}
+
     def create(self) -> None:
         """Make the folder (and `checkpoints/`); a clear error when that is not possible."""
         try:

@@ -514,9 +514,7 @@ def test_existing_run(path: Path | str, options: RunOptions) -> tuple[dict[str, 
     except CorruptFileError:
         # latest.pt names the top k; without it, the epoch checkpoints on disk are those k
         # (`finish_epoch` deletes an evicted one right after latest.pt), so score them
-        present = sorted(
-            int(p.stem.split("_")[1]) for p in run_dir.checkpoints.glob("epoch_*.pt")
-        )
+        present = sorted(run_dir.epoch_checkpoints())
         if not present:
             raise
         options.log(
