@@ -8,6 +8,7 @@ once the run finished). Every frame carries the run's identity columns (``run``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable
@@ -17,12 +18,15 @@ from typing import Any
 
 import pandas as pd
 
+from mamlpp.config import Config
 from mamlpp.errors import MamlppError
 
 ID_COLUMNS = ["run", "preset", "variant", "seed", "scale"]
 _LSLR_KEY = re.compile(r"^lslr/(?P<param>.+)/step(?P<step>\d+)$")
 _GRAD_KEY = re.compile(r"^grad/(?P<param>.+)/(?P<stat>max|min|mean|norm)$")
-_CONFIG_SECTIONS = ("data", "model", "inner", "bn", "outer", "schedule")
+_CONFIG_SECTIONS = tuple(
+    f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(Config(), f.name))
+)
 """The nested sections of a config.json's config (`mamlpp.config.Config`'s dataclass fields)."""
 
 
