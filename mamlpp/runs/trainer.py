@@ -327,7 +327,6 @@ class Pace:
         """The expected seconds of what comes next: an epoch, or the test after the last."""
         return self.epoch() if epochs_left > 0 else self.test()
 
-
     @classmethod
     def of_run(
         cls, config: Config, run_dir: RunDirectory, next_epoch: int, deadline: Deadline | None
